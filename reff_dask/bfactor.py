@@ -18,15 +18,21 @@ from .io.maps import Map
 class BFactorSettings:
     """Settings of the B-only stage. Widths are per-axis Gaussian sigma in Angstrom (B = 8 pi^2 sigma^2).
 
+    The stage runs ``residue_iterations`` with moments pooled per residue (the paper's
+    residue-averaged B; unique answer whatever the start), then ``iterations`` per atom
+    from there, unless ``residue_average`` keeps the pooling to the end. Per-atom EM
+    from an arbitrary start has several optima (see DESIGN notes in README), which the
+    pooled phase removes.
+
     sigma_max: cap on sigma (paper: 2.5, 1.5 for membrane proteins).
     sigma_min: floor on sigma; None means half the largest voxel edge (narrower
       Gaussians are not resolved by the grid).
-    residue_average: pool moments per residue so a residue's atoms share one width.
-    tol: stop when no width changes by more than this fraction in an iteration.
+    tol: a phase ends early when no width changes by more than this fraction.
     """
 
     resolution: float
     iterations: int = 25
+    residue_iterations: int = 50
     sigma_max: float = 2.5
     sigma_min: float | None = None
     residue_average: bool = False
@@ -75,32 +81,36 @@ def em_iteration(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMState, s
 
 
 def refine_bfactors(m: Map, xyz: np.ndarray, weight: np.ndarray, settings: BFactorSettings,
-                    residue: np.ndarray | None = None, state: GMMState | None = None,
+                    residue: np.ndarray, state: GMMState | None = None,
                     progress: Callable[[dict], None] | None = None) -> BFactorResult:
     """Refine per-atom widths at fixed positions by the E/M updates (Eq. 1-9).
 
-    ``residue`` (index per atom) is needed only for ``settings.residue_average``.
-    ``state`` overrides the start (default: uniform width from the resolution, fitted
-    scale and noise). ``progress`` gets one dict per iteration.
+    ``residue`` is the residue index per atom (for the pooled phase). ``state``
+    overrides the start (default: uniform width from the resolution, fitted scale and
+    noise). ``progress`` gets one dict per iteration.
     """
     sigma_min = settings.sigma_min if settings.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
     if state is None:
         s0 = np.full(len(xyz), np.clip(mstep.uniform_sigma(settings.resolution), sigma_min, settings.sigma_max))
         state = initial_state(m, xyz, weight, s0)
-    res_index = residue if settings.residue_average else None
+    phases = [("residue", settings.residue_iterations, residue),
+              ("residue" if settings.residue_average else "atom", settings.iterations,
+               residue if settings.residue_average else None)]
     history = []
-    for it in range(1, settings.iterations + 1):
-        t0 = time.perf_counter()
-        new, es, _ = em_iteration(m, xyz, weight, state, sigma_min, settings.sigma_max, res_index)
-        change = float(np.max(np.abs(new.sigma - state.sigma) / state.sigma))
-        row = {"iteration": it, "ccc": es.ccc, "ccc_mask": es.ccc_mask, "noise": state.noise,
-               "scale": state.scale, "median_b": float(np.median(8 * np.pi**2 * state.sigma**2)),
-               "max_rel_change": change, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if progress:
-            progress(row)
-        state = new
-        if change < settings.tol:
-            break
+    for phase, n_iter, pool in phases:
+        for _ in range(n_iter):
+            t0 = time.perf_counter()
+            new, es, _ = em_iteration(m, xyz, weight, state, sigma_min, settings.sigma_max, pool)
+            change = float(np.max(np.abs(new.sigma - state.sigma) / state.sigma))
+            row = {"iteration": len(history) + 1, "phase": phase, "ccc": es.ccc, "ccc_mask": es.ccc_mask,
+                   "noise": state.noise, "scale": state.scale,
+                   "median_b": float(np.median(8 * np.pi**2 * state.sigma**2)),
+                   "max_rel_change": change, "seconds": time.perf_counter() - t0}
+            history.append(row)
+            if progress:
+                progress(row)
+            state = new
+            if change < settings.tol:
+                break
     ccc, ccc_mask = model_ccc(m, xyz, weight, state.sigma)
     return BFactorResult(state, history, ccc, ccc_mask)

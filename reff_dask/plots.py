@@ -1,0 +1,29 @@
+"""PNG plots of job histories (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .io.atomic import atomic_path  # noqa: E402
+
+
+def bfactor_plot(history: list[dict], b_final: np.ndarray, target: str | Path) -> None:
+    """CCC and noise term per iteration, and the histogram of refined B (A^2)."""
+    it = [h["iteration"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(it, [h["ccc"] for h in history], "o-", ms=3)
+    ax[0].set(xlabel="iteration", ylabel="CCC (refined widths)", title="fit")
+    ax[1].plot(it, [h["noise"] for h in history], "o-", ms=3, color="C1")
+    ax[1].set(xlabel="iteration", ylabel="noise term E (map units)", title="background")
+    ax[2].hist(b_final, bins=60, color="C2")
+    ax[2].set(xlabel="B (A^2)", ylabel="atoms", title="refined B")
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
