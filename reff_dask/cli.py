@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bfactor", help="refine per-atom B-factors with positions fixed")
     _map_model_args(b)
     b.add_argument("--iterations", type=int, default=25, help="per-atom E/M iterations (default 25)")
-    b.add_argument("--residue-iterations", type=int, default=50,
-                   help="E/M iterations with residue-pooled widths first (default 50)")
+    b.add_argument("--residue-iterations", type=int, default=100,
+                   help="E/M iterations with residue-pooled widths first (default 100; stops "
+                        "earlier once converged)")
     b.add_argument("--residue-average", action="store_true",
                    help="keep one width per residue to the end (paper's residue-averaged B)")
     b.add_argument("--sigma-max", type=float, default=2.5,
