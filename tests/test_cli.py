@@ -1,0 +1,88 @@
+"""The `reff-dask` command as a user runs it: outputs on the real example, clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from reff_dask.io.maps import read_map
+from reff_dask.io.models import atom_table, b_to_sigma, read_structure
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "reff_dask.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bfactor_run(tmp_path_factory, map_path, model_path):
+    out = tmp_path_factory.mktemp("bfactor") / "out"
+    r = _cli("bfactor", "-m", map_path, "-p", model_path, "-r", 3.2, "-o", out, "--workers", 2,
+             "--chunks", 40, "--residue-iterations", 30, "--iterations", 10)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_bfactor_writes_model_map_report_plot(bfactor_run, model_path, real_atoms):
+    out, r = bfactor_run
+    for name in ("model_bfactor.pdb", "model_bfactor.cif", "simulated.mrc", "report.json", "bfactor.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "iteration" in r.stderr  # progress shown
+    report = json.loads((out / "report.json").read_text())
+    assert report["ccc_refined_b"] > report["ccc_uniform_b"] + 0.02
+    assert len(report["iterations"]) == 40
+    assert all(h["noise"] > 0 for h in report["iterations"])
+    back = atom_table(read_structure(out / "model_bfactor.pdb"))
+    assert len(back) == len(real_atoms)  # every input atom kept
+    np.testing.assert_allclose(back.xyz, real_atoms.xyz, atol=1e-3)  # positions fixed
+    sigma = b_to_sigma(back.b_input)
+    assert sigma.min() >= 0.5 * 1.05 - 1e-3 and sigma.max() <= 2.5 + 1e-3  # standard B from sigma
+    assert 20 < np.median(back.b_input) < 100  # A^2, plausible for a 3.2 A map
+    sim = read_map(out / "simulated.mrc")
+    assert sim.grid.shape == (100, 100, 100)
+
+
+def test_convert_then_bfactor_on_zarr_agrees(tmp_path, bfactor_run, map_path, model_path):
+    store = tmp_path / "emd_3488.zarr"
+    r = _cli("convert", map_path, store, "--chunks", 50)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "z"
+    r = _cli("bfactor", "-m", store, "-p", model_path, "-r", 3.2, "-o", out, "--workers", 1,
+             "--residue-iterations", 30, "--iterations", 10)
+    assert r.returncode == 0, r.stderr
+    a = json.loads((out / "report.json").read_text())
+    b = json.loads((bfactor_run[0] / "report.json").read_text())
+    assert a["ccc_refined_b"] == pytest.approx(b["ccc_refined_b"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["missing_map", "text_map", "empty_model", "far_model", "bad_resolution"])
+def test_bad_input_clear_error_no_output(tmp_path, map_path, model_path, case):
+    bad_map, bad_model, res = map_path, model_path, 3.2
+    if case == "missing_map":
+        bad_map = tmp_path / "nope.mrc"
+    elif case == "text_map":
+        bad_map = tmp_path / "text.mrc"
+        bad_map.write_text("hello\n" * 300)
+    elif case == "empty_model":
+        bad_model = tmp_path / "empty.pdb"
+        bad_model.write_text("END\n")
+    elif case == "far_model":
+        st = read_structure(model_path)
+        st[0].transform_pos_and_adp(__import__("gemmi").Transform(__import__("gemmi").Mat33(),
+                                                                  __import__("gemmi").Vec3(300, 0, 0)))
+        bad_model = tmp_path / "far.pdb"
+        st.write_pdb(str(bad_model))
+    elif case == "bad_resolution":
+        res = -3
+    out = tmp_path / "out"
+    r = _cli("bfactor", "-m", bad_map, "-p", bad_model, "-r", res, "-o", out, "--workers", 1)
+    assert r.returncode == 2
+    named = {"missing_map": bad_map, "text_map": bad_map, "empty_model": bad_model, "far_model": bad_model,
+             "bad_resolution": bad_map}[case]
+    assert str(named) in r.stderr and "error" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
