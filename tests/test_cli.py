@@ -86,3 +86,17 @@ def test_bad_input_clear_error_no_output(tmp_path, map_path, model_path, case):
     assert str(named) in r.stderr and "error" in r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_joins_running_cluster_by_address(tmp_path, map_path, model_path, bfactor_run):
+    """`--scheduler ADDRESS` runs the job on an existing cluster (scheduler + 2 worker processes)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = tmp_path / "joined"
+        r = _cli("bfactor", "-m", map_path, "-p", model_path, "-r", 3.2, "-o", out, "--chunks", 40,
+                 "--scheduler", cluster.scheduler_address, "--residue-iterations", 30, "--iterations", 10)
+        assert r.returncode == 0, r.stderr
+    a = json.loads((out / "report.json").read_text())
+    b = json.loads((bfactor_run[0] / "report.json").read_text())
+    assert a["ccc_refined_b"] == pytest.approx(b["ccc_refined_b"], abs=1e-9)
