@@ -23,6 +23,7 @@ rest of the package uses for its atom table.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import re
@@ -87,6 +88,8 @@ class PreparedModel:
     excluded : residues left out of MD (stay fixed at input positions).
     forcefield_files : XML files the system was built from.
     nonbonded_cutoff_nm : cutoff used (CutoffNonPeriodic) or None for NoCutoff.
+    n_input_atoms : number of input atoms (length of ``atom_map``).
+    fingerprint : content hash (positions, maps, settings); cache key for workers.
     """
 
     topology: app.Topology
@@ -100,6 +103,7 @@ class PreparedModel:
     forcefield_files: tuple[str, ...]
     nonbonded_cutoff_nm: float | None
     n_input_atoms: int = field(default=0)
+    fingerprint: str = field(default="")
 
     @property
     def n_particles(self) -> int:
@@ -401,7 +405,12 @@ def prepare_model(
         for ri, res in enumerate(ch):
             if (ci, ri) not in simulated_res:
                 excluded.append(ExcludedResidue(ch.name, str(res.seqid).strip(), res.name))
+    h = hashlib.sha1()
+    for arr in (pos_A, atom_map, particle_atom):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(repr((files, nonbonded_cutoff_A, n_part)).encode())
     return PreparedModel(
+        fingerprint=h.hexdigest(),
         topology=top,
         system=system,
         positions_A=pos_A,
