@@ -30,6 +30,15 @@ def _map_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--outdir", required=True, help="output folder")
 
 
+def _bstage_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("widths (B-only stage)")
+    g.add_argument("--use-model-b", action="store_true",
+                   help="take widths from the model's B column (already refined) instead of running the B-only stage")
+    g.add_argument("--iterations", type=int, default=25, help="per-atom E/M iterations (default 25)")
+    g.add_argument("--residue-iterations", type=int, default=50, help="residue-pooled iterations first (default 50)")
+    g.add_argument("--sigma-max", type=float, default=2.5, help="cap on Gaussian sigma in A (default 2.5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="reff-dask", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -46,6 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on Gaussian sigma in A (paper: 2.5; 1.5 for membrane proteins)")
     b.add_argument("--sigma-min", type=float, default=None, help="floor on sigma in A (default: half a voxel)")
     _cluster_args(b)
+
+    sg = sub.add_parser("segment", help="split a map into per-chain parts by GMM responsibilities")
+    _map_model_args(sg)
+    sg.add_argument("--by", choices=["chain"], default="chain", help="component grouping (default: chain)")
+    sg.add_argument("--threshold", type=float, default=0.5,
+                    help="label a voxel when its top responsibility exceeds this (default 0.5)")
+    sg.add_argument("--keep-zarr", action="store_true", help="also keep the outputs as Zarr stores")
+    _bstage_args(sg)
+    _cluster_args(sg)
+
+    cm = sub.add_parser("composite", help="responsibility-weighted composite of pre-aligned focused maps")
+    cm.add_argument("-m", "--map", action="append", required=True, help="focused map (repeat, one per map)")
+    cm.add_argument("-p", "--model", action="append", required=True,
+                    help="consensus model, or one model per map (repeat in map order)")
+    cm.add_argument("-r", "--resolution", type=float, action="append", required=True,
+                    help="resolution (A): one, or one per map")
+    cm.add_argument("-o", "--output", required=True, help="composite map: .mrc, or a .zarr store")
+    cm.add_argument("--no-resample", action="store_true",
+                    help="refuse maps whose grid differs from the first map's (default: trilinear resampling)")
+    cm.add_argument("--match-scale", action="store_true",
+                    help="bring every map to the first map's intensity units (fitted mass scales) before mixing")
+    _bstage_args(cm)
+    _cluster_args(cm)
+
+    sc = sub.add_parser("score", help="fit scores of one or more models: global CCC, per-residue SMOCf and LoQFit")
+    sc.add_argument("-m", "--map", required=True, help="map: MRC/CCP4 (.mrc, .map, .gz) or Zarr store")
+    sc.add_argument("-p", "--model", action="append", required=True, help="model: PDB or mmCIF (repeat to compare)")
+    sc.add_argument("-r", "--resolution", type=float, required=True, help="global map resolution (A)")
+    sc.add_argument("-o", "--outdir", required=True, help="output folder")
+    sc.add_argument("--window", type=int, default=11, help="SMOCf window in residues (default 11)")
+    sc.add_argument("--contour", type=float, help="also report the CCC over map voxels >= this level")
+    sc.add_argument("--loqfit-cap", type=float, default=18.0, help="upper limit on LoQFit in A (default 18)")
+    _cluster_args(sc)
 
     c = sub.add_parser("convert", help="convert an MRC/CCP4 map (plain or .gz) into a chunked Zarr store")
     c.add_argument("map")
@@ -75,6 +117,35 @@ def main(argv: list[str] | None = None) -> int:
                                        args.sigma_max, args.sigma_min, args.residue_average)
             with dask_client(args.scheduler, args.workers):
                 bfactor.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
+            return 0
+        if args.command in ("segment", "composite"):
+            from .bfactor import BFactorSettings
+
+            res = args.resolution if args.command == "segment" else args.resolution[0]
+            settings = BFactorSettings(res, args.iterations, args.residue_iterations, args.sigma_max)
+            if args.command == "segment":
+                from .jobs import segment
+
+                with dask_client(args.scheduler, args.workers):
+                    segment.run(args.map, args.model, args.resolution, args.outdir, settings, args.by,
+                                args.use_model_b, args.threshold, args.chunks, args.keep_zarr)
+                return 0
+            from .jobs import composite
+
+            for what, vals in (("-p", args.model), ("-r", args.resolution)):
+                if len(vals) not in (1, len(args.map)):
+                    build_parser().error(f"composite: give {what} once or once per -m ({len(args.map)} maps)")
+            with dask_client(args.scheduler, args.workers):
+                composite.run(args.map, args.model, args.resolution, args.output, settings, args.use_model_b,
+                              not args.no_resample, args.match_scale, args.chunks)
+            return 0
+        if args.command == "score":
+            from .jobs import score
+            from .scores import ScoreSettings
+
+            settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour)
+            with dask_client(args.scheduler, args.workers):
+                score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
             return 0
     except InputError as e:
         print(f"reff-dask {args.command}: error: {e}", file=sys.stderr)
