@@ -1,0 +1,180 @@
+"""Position refinement: the EM loop with per-chain OpenMM MD as distributed tasks.
+
+Each iteration: blockwise E-step at the current positions -> targets x' and widths
+(M-step) -> every chain's MD segment runs as its own Dask task (pinned to a worker so
+its OpenMM simulation stays warm there) with a force pulling atoms to x' -> positions
+gathered -> CCC with the uniform width from the resolution -> convergence test ->
+checkpoint. The model with the best CCC is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import checkpoint
+from .bfactor import GMMState, em_iteration, model_ccc
+from .gmm.mstep import uniform_sigma
+from .io.maps import Map
+from .md.force import DEFAULT_K_GMM
+from .md.prepare import PreparedModel
+from .md.simulate import run_chain_segment
+
+
+@dataclass
+class RefineSettings:
+    """Position stage settings.
+
+    preset: MD protocol per EM iteration ("paper": 0.1 fs x 2000 steps; "fast";
+      "minimise"); steps: override the preset's steps per segment;
+      k_gmm: depth of each atom's target well (kJ/mol);
+    patience: stop after this many iterations without a better CCC;
+    sigma_min/sigma_max: width bounds (A) for the per-iteration width update
+      (sigma_min None: half the largest voxel edge, as in the B-only stage).
+    """
+
+    resolution: float
+    max_iterations: int = 300
+    patience: int = 5
+    preset: str = "paper"
+    steps: int | None = None
+    k_gmm: float = DEFAULT_K_GMM
+    seed: int = 1
+    platform: str | None = None
+    threads: int | None = None
+    neighbour_cutoff_A: float = 10.0
+    sigma_min: float | None = None
+    sigma_max: float = 2.5
+    min_improvement: float = 1e-4
+
+
+@dataclass
+class RefineResult:
+    xyz: np.ndarray              # best-CCC input-atom positions (A)
+    sigma: np.ndarray            # widths (A) at the best iteration
+    ccc_start: float
+    ccc_best: float
+    best_iteration: int
+    history: list[dict] = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+
+
+class ChainRunner:
+    """Runs one MD segment per chain, as Dask tasks when a client is active, else in-process."""
+
+    def __init__(self, prepared: PreparedModel, settings: RefineSettings, run_id: str):
+        self.prepared, self.settings, self.run_id = prepared, settings, run_id
+        try:
+            from distributed import get_client
+
+            self.client = get_client()
+        except (ImportError, ValueError):
+            self.client = None
+        if self.client is not None:
+            self._prepared = self.client.scatter(prepared, broadcast=True, hash=False)
+            workers = sorted(self.client.scheduler_info()["workers"])
+            self._home = {c: workers[i % len(workers)] for i, c in enumerate(prepared.chains)}
+
+    def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
+            preset: str | None = None) -> np.ndarray:
+        """New positions of all MD particles (A) after one segment of every chain."""
+        s = self.settings
+        kw = dict(run_id=self.run_id, iteration=iteration, seed=s.seed, preset=preset or s.preset,
+                  k_gmm=s.k_gmm, neighbour_cutoff_A=s.neighbour_cutoff_A, steps=s.steps if not preset else None,
+                  platform=s.platform, threads=s.threads)
+        if self.client is None:
+            results = [run_chain_segment(self.prepared, c, particles, targets, widths, **kw)
+                       for c in self.prepared.chains]
+        else:
+            futs = [self.client.submit(run_chain_segment, self._prepared, c, particles, targets, widths,
+                                       workers=[self._home[c]], allow_other_workers=True, pure=False, **kw)
+                    for c in self.prepared.chains]
+            results = self.client.gather(futs)
+        out = particles.copy()
+        for r in results:
+            out[r.particles] = r.particle_positions_A
+        return out
+
+
+def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMState,
+                     prepared: PreparedModel, settings: RefineSettings, outdir: str | Path | None = None,
+                     run_meta: dict | None = None, resume: bool = False,
+                     progress: Callable[[dict], None] | None = None) -> RefineResult:
+    """EM iterations with MD until the CCC stops improving; returns the best-CCC model.
+
+    The run starts from the positions ``prepared`` was built from; ``xyz0`` (A, all
+    input atoms) gives the atoms that are not simulated (ligands, waters), which stay
+    put. ``state`` (widths etc., usually from the B-only stage) starts the mixture; with ``outdir`` a checkpoint is written every iteration, and ``resume``
+    continues from it (``run_meta`` must match the checkpoint's).
+    """
+    s = settings
+    run_meta = dict(run_meta or {})
+    run_meta.update({k: v for k, v in asdict(s).items() if k not in ("threads", "platform", "max_iterations")})
+    s_uniform = uniform_sigma(s.resolution)
+    sigma_min = s.sigma_min if s.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
+    t_gmm = t_md = 0.0
+    t_start = time.perf_counter()
+    if resume:
+        arr, meta = checkpoint.load(outdir, run_meta)
+        particles, xyz = arr["particles"], arr["xyz"]
+        state = GMMState(arr["sigma"], float(arr["scale"]), float(arr["noise"]))
+        best = {"ccc": meta["best_ccc"], "iteration": meta["best_iteration"], "xyz": arr["best_xyz"],
+                "sigma": arr["best_sigma"]}
+        history, first, ccc0 = meta["history"], meta["iteration"] + 1, meta["ccc_start"]
+    else:
+        particles = prepared.positions_A.copy()
+        xyz = prepared.input_positions_A(particles, xyz0)
+        xyz0 = xyz.copy()
+        t0 = time.perf_counter()
+        ccc0, _ = model_ccc(m, xyz, weight, s_uniform)
+        t_gmm += time.perf_counter() - t0
+        best = {"ccc": ccc0, "iteration": 0, "xyz": xyz.copy(), "sigma": state.sigma.copy()}
+        history, first = [], 1
+    runner = ChainRunner(prepared, s, run_id=f"refine-{id(prepared)}")
+    for it in range(first, s.max_iterations + 1):
+        if it - best["iteration"] > s.patience:
+            break
+        t0 = time.perf_counter()
+        state, es, targets = em_iteration(m, xyz, weight, state, sigma_min, s.sigma_max)
+        t1 = time.perf_counter()
+        particles = runner.run(particles, targets, state.sigma, it)
+        xyz = prepared.input_positions_A(particles, xyz)
+        t2 = time.perf_counter()
+        ccc, ccc_mask = model_ccc(m, xyz, weight, s_uniform)
+        t3 = time.perf_counter()
+        t_gmm += (t1 - t0) + (t3 - t2)
+        t_md += t2 - t1
+        if ccc > best["ccc"] + s.min_improvement:
+            best = {"ccc": ccc, "iteration": it, "xyz": xyz.copy(), "sigma": state.sigma.copy()}
+        row = {"iteration": it, "ccc": ccc, "ccc_mask": ccc_mask, "ccc_model_widths": es.ccc,
+               "noise": state.noise, "shift_rms_A": float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, 1)))),
+               "gmm_seconds": (t1 - t0) + (t3 - t2), "md_seconds": t2 - t1}
+        history.append(row)
+        if progress:
+            progress(row)
+        if outdir is not None:
+            checkpoint.save(outdir, {"particles": particles, "xyz": xyz, "sigma": state.sigma,
+                                     "scale": np.array(state.scale), "noise": np.array(state.noise),
+                                     "best_xyz": best["xyz"], "best_sigma": best["sigma"]},
+                            {"run": run_meta, "iteration": it, "best_ccc": best["ccc"],
+                             "best_iteration": best["iteration"], "history": history, "ccc_start": ccc0})
+    total = time.perf_counter() - t_start
+    # wall time of this process (a resumed run counts only its own part)
+    timing = {"gmm_seconds": t_gmm, "md_seconds": t_md, "overhead_seconds": max(total - t_gmm - t_md, 0.0)}
+    return RefineResult(best["xyz"], best["sigma"], ccc0, best["ccc"], best["iteration"], history, timing)
+
+
+def minimise(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMState, prepared: PreparedModel,
+             settings: RefineSettings) -> np.ndarray:
+    """Final energy minimisation of every chain with the GMM targets at ``xyz``; returns positions (A)."""
+    sigma_min = settings.sigma_min if settings.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
+    _, _, targets = em_iteration(m, xyz, weight, state, sigma_min, settings.sigma_max)
+    particles = prepared.positions_A.copy()
+    particles[prepared.atom_map[prepared.atom_map >= 0]] = xyz[prepared.atom_map >= 0]
+    runner = ChainRunner(prepared, settings, run_id=f"minimise-{id(prepared)}")
+    particles = runner.run(particles, targets, state.sigma, iteration=10**6, preset="minimise")
+    return prepared.input_positions_A(particles, xyz)
