@@ -30,13 +30,28 @@ def _map_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--outdir", required=True, help="output folder")
 
 
-def _bstage_args(p: argparse.ArgumentParser) -> None:
+def _bstage_args(p: argparse.ArgumentParser, use_model_b: bool = True) -> None:
     g = p.add_argument_group("widths (B-only stage)")
-    g.add_argument("--use-model-b", action="store_true",
-                   help="take widths from the model's B column (already refined) instead of running the B-only stage")
+    if use_model_b:
+        g.add_argument("--use-model-b", action="store_true",
+                       help="take widths from the model's B column (already refined) instead of running "
+                            "the B-only stage")
     g.add_argument("--iterations", type=int, default=25, help="per-atom E/M iterations (default 25)")
-    g.add_argument("--residue-iterations", type=int, default=50, help="residue-pooled iterations first (default 50)")
-    g.add_argument("--sigma-max", type=float, default=2.5, help="cap on Gaussian sigma in A (default 2.5)")
+    g.add_argument("--residue-iterations", type=int, default=100,
+                   help="E/M iterations with residue-pooled widths first (default 100; stops earlier once "
+                        "converged)")
+    g.add_argument("--residue-average", action="store_true",
+                   help="keep one width per residue to the end (paper's residue-averaged B)")
+    g.add_argument("--sigma-max", type=float, default=2.5,
+                   help="cap on Gaussian sigma in A (paper: 2.5; 1.5 for membrane proteins)")
+    g.add_argument("--sigma-min", type=float, default=None, help="floor on sigma in A (default: half a voxel)")
+
+
+def _bsettings(args, resolution: float):
+    from .bfactor import BFactorSettings
+
+    return BFactorSettings(resolution, args.iterations, args.residue_iterations, args.sigma_max,
+                           args.sigma_min, args.residue_average)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bfactor", help="refine per-atom B-factors with positions fixed")
     _map_model_args(b)
-    b.add_argument("--iterations", type=int, default=25, help="per-atom E/M iterations (default 25)")
-    b.add_argument("--residue-iterations", type=int, default=100,
-                   help="E/M iterations with residue-pooled widths first (default 100; stops "
-                        "earlier once converged)")
-    b.add_argument("--residue-average", action="store_true",
-                   help="keep one width per residue to the end (paper's residue-averaged B)")
-    b.add_argument("--sigma-max", type=float, default=2.5,
-                   help="cap on Gaussian sigma in A (paper: 2.5; 1.5 for membrane proteins)")
-    b.add_argument("--sigma-min", type=float, default=None, help="floor on sigma in A (default: half a voxel)")
+    _bstage_args(b, use_model_b=False)
     _cluster_args(b)
+
+    rf = sub.add_parser("refine", help="refine atom positions and B-factors: GMM-guided MD (the main job)")
+    _map_model_args(rf)
+    g = rf.add_argument_group("position refinement")
+    g.add_argument("--preset", choices=["paper", "fast", "minimise"], default="paper",
+                   help="MD per EM iteration: paper = 0.1 fs x 2000 steps (default); fast = 2 fs x 100 "
+                        "steps with H bonds constrained; minimise = L-BFGS only")
+    g.add_argument("--steps", type=int, help="MD steps per EM iteration (overrides the preset)")
+    g.add_argument("--k-gmm", type=float, default=None, help="depth of each atom's target well, kJ/mol")
+    g.add_argument("--max-iterations", type=int, default=300, help="EM iterations at most (default 300)")
+    g.add_argument("--patience", type=int, default=5,
+                   help="stop after this many iterations without a better CCC (default 5)")
+    g.add_argument("--forcefield", default="amber14", help="amber14 (default) or charmm36")
+    g.add_argument("--implicit", default="default",
+                   help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
+    g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
+    g.add_argument("--seed", type=int, default=1, help="random seed of the MD (default 1)")
+    g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
+    _bstage_args(rf, use_model_b=False)
+    _cluster_args(rf)
 
     sg = sub.add_parser("segment", help="split a map into per-chain parts by GMM responsibilities")
     _map_model_args(sg)
@@ -110,19 +137,29 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster import dask_client
 
         if args.command == "bfactor":
-            from .bfactor import BFactorSettings
             from .jobs import bfactor
 
-            settings = BFactorSettings(args.resolution, args.iterations, args.residue_iterations,
-                                       args.sigma_max, args.sigma_min, args.residue_average)
+            settings = _bsettings(args, args.resolution)
             with dask_client(args.scheduler, args.workers):
                 bfactor.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
             return 0
-        if args.command in ("segment", "composite"):
-            from .bfactor import BFactorSettings
+        if args.command == "refine":
+            from .jobs import refine
+            from .refine import RefineSettings
 
+            rs = RefineSettings(args.resolution, max_iterations=args.max_iterations, patience=args.patience,
+                                preset=args.preset, steps=args.steps, seed=args.seed, platform=args.platform,
+                                sigma_min=args.sigma_min, sigma_max=args.sigma_max)
+            if args.k_gmm is not None:
+                rs.k_gmm = args.k_gmm
+            implicit = None if args.implicit.lower() == "none" else args.implicit
+            with dask_client(args.scheduler, args.workers):
+                refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
+                           args.forcefield, implicit, args.chunks, args.resume)
+            return 0
+        if args.command in ("segment", "composite"):
             res = args.resolution if args.command == "segment" else args.resolution[0]
-            settings = BFactorSettings(res, args.iterations, args.residue_iterations, args.sigma_max)
+            settings = _bsettings(args, res)
             if args.command == "segment":
                 from .jobs import segment
 

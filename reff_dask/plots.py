@@ -27,3 +27,18 @@ def bfactor_plot(history: list[dict], b_final: np.ndarray, target: str | Path) -
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def refine_plot(history: list[dict], b_history: list[dict], target: str | Path) -> None:
+    """CCC (uniform B from the resolution) per position iteration, after the B stage's CCC."""
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    if b_history:
+        ax[0].plot([h["iteration"] for h in b_history], [h["ccc"] for h in b_history], "o-", ms=3,
+                   color="C2")
+    ax[0].set(xlabel="B-stage iteration", ylabel="CCC (refined widths)", title="B-factor stage")
+    ax[1].plot([h["iteration"] for h in history], [h["ccc"] for h in history], "o-", ms=3)
+    ax[1].set(xlabel="EM iteration", ylabel="CCC (uniform B from resolution)", title="position refinement")
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -55,7 +55,7 @@ class RefineSettings:
 @dataclass
 class RefineResult:
     xyz: np.ndarray              # best-CCC input-atom positions (A)
-    sigma: np.ndarray            # widths (A) at the best iteration
+    state: GMMState              # mixture (widths in A, scale, noise) at the best iteration
     ccc_start: float
     ccc_best: float
     best_iteration: int
@@ -123,7 +123,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         particles, xyz = arr["particles"], arr["xyz"]
         state = GMMState(arr["sigma"], float(arr["scale"]), float(arr["noise"]))
         best = {"ccc": meta["best_ccc"], "iteration": meta["best_iteration"], "xyz": arr["best_xyz"],
-                "sigma": arr["best_sigma"]}
+                "state": GMMState(arr["best_sigma"], meta["best_scale"], meta["best_noise"])}
         history, first, ccc0 = meta["history"], meta["iteration"] + 1, meta["ccc_start"]
     else:
         particles = prepared.positions_A.copy()
@@ -132,7 +132,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t0 = time.perf_counter()
         ccc0, _ = model_ccc(m, xyz, weight, s_uniform)
         t_gmm += time.perf_counter() - t0
-        best = {"ccc": ccc0, "iteration": 0, "xyz": xyz.copy(), "sigma": state.sigma.copy()}
+        best = {"ccc": ccc0, "iteration": 0, "xyz": xyz.copy(), "state": state}
         history, first = [], 1
     runner = ChainRunner(prepared, s, run_id=f"refine-{id(prepared)}")
     for it in range(first, s.max_iterations + 1):
@@ -149,7 +149,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t_gmm += (t1 - t0) + (t3 - t2)
         t_md += t2 - t1
         if ccc > best["ccc"] + s.min_improvement:
-            best = {"ccc": ccc, "iteration": it, "xyz": xyz.copy(), "sigma": state.sigma.copy()}
+            best = {"ccc": ccc, "iteration": it, "xyz": xyz.copy(), "state": state}
         row = {"iteration": it, "ccc": ccc, "ccc_mask": ccc_mask, "ccc_model_widths": es.ccc,
                "noise": state.noise, "shift_rms_A": float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, 1)))),
                "gmm_seconds": (t1 - t0) + (t3 - t2), "md_seconds": t2 - t1}
@@ -159,13 +159,14 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         if outdir is not None:
             checkpoint.save(outdir, {"particles": particles, "xyz": xyz, "sigma": state.sigma,
                                      "scale": np.array(state.scale), "noise": np.array(state.noise),
-                                     "best_xyz": best["xyz"], "best_sigma": best["sigma"]},
+                                     "best_xyz": best["xyz"], "best_sigma": best["state"].sigma},
                             {"run": run_meta, "iteration": it, "best_ccc": best["ccc"],
+                             "best_scale": best["state"].scale, "best_noise": best["state"].noise,
                              "best_iteration": best["iteration"], "history": history, "ccc_start": ccc0})
     total = time.perf_counter() - t_start
     # wall time of this process (a resumed run counts only its own part)
     timing = {"gmm_seconds": t_gmm, "md_seconds": t_md, "overhead_seconds": max(total - t_gmm - t_md, 0.0)}
-    return RefineResult(best["xyz"], best["sigma"], ccc0, best["ccc"], best["iteration"], history, timing)
+    return RefineResult(best["xyz"], best["state"], ccc0, best["ccc"], best["iteration"], history, timing)
 
 
 def minimise(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMState, prepared: PreparedModel,
