@@ -115,7 +115,7 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
               f"{settings.loqfit_cap:g} A cap, {mm['loqfit_at_nyquist']} at Nyquist)", file=sys.stderr, flush=True)
     report = {
         "command": "score",
-        "map": str(map_path), "models": dict(zip(labels, map(str, model_paths))), "resolution": resolution,
+        "map": str(map_path), "model_files": dict(zip(labels, map(str, model_paths))),
         "map_grid": {"shape_zyx": m.grid.shape, "voxel_size_xyz": m.grid.voxel_size, "origin_xyz": m.grid.origin},
         "map_stats": inp.map_stats, "atoms_outside_map": atoms_outside,
         **summary,

@@ -1,0 +1,175 @@
+"""Fit scores on the real case (EMD-3488 + 5NI1): SMOCf, LoQFit, global CCC, blockwise = one chunk, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from reff_dask.errors import InputError
+from reff_dask.gmm import kernels as K
+from reff_dask.gmm.blockwise import simulate
+from reff_dask.gmm.mstep import uniform_sigma
+from reff_dask.io.maps import Map, read_map
+from reff_dask.io.models import updated_structure, write_structure
+from reff_dask.scores import ScoreSettings, score_models
+from reff_dask.scores.loqfit import NOTE_CAP, NOTE_NYQUIST, crossing
+from reff_dask.scores.residues import residue_table
+
+RES = 3.2
+
+
+@pytest.fixture(scope="module")
+def shifted(real_structure, real_atoms):
+    """The deposited model moved by 3 A along x."""
+    return updated_structure(real_structure, xyz=real_atoms.xyz + np.array([3.0, 0.0, 0.0]))
+
+
+@pytest.fixture(scope="module")
+def one_chunk(real_map, real_structure, shifted):
+    return score_models(real_map, {"deposited": real_structure, "shifted": shifted}, RES)
+
+
+def test_deposited_fits_better_than_shifted_residue_by_residue(one_chunk):
+    t = one_chunk
+    assert t.models == ["deposited", "shifted"]
+    assert len(t) == 578  # 4 x (141 or 146 residues + 1 haem); waters are not scored
+    smoc_better = np.mean(t.smoc[:, 0] > t.smoc[:, 1])
+    loq_better = np.mean(t.loqfit[:, 0] < t.loqfit[:, 1])
+    assert smoc_better > 0.95, smoc_better
+    assert loq_better > 0.95, loq_better
+    assert t.ccc["deposited"]["ccc_box"] > 0.5 > 0.2 > t.ccc["shifted"]["ccc_box"]
+    assert t.ccc["deposited"]["ccc_mask"] > t.ccc["shifted"]["ccc_mask"]
+    means = t.chain_means()
+    assert list(means) == ["A", "B", "C", "D"]
+    for c in means.values():
+        assert c["deposited"]["smocf"] > c["shifted"]["smocf"] + 0.3
+        assert c["deposited"]["loqfit"] < c["shifted"]["loqfit"] - 2.0
+
+
+def test_loqfit_lies_between_nyquist_and_cap_and_tracks_resolution(one_chunk, real_map, real_structure):
+    t = one_chunk
+    nyquist, cap = 2 * 1.05, ScoreSettings().loqfit_cap
+    q = t.loqfit[np.isfinite(t.loqfit)]
+    assert len(q) == t.loqfit.size
+    assert q.min() >= nyquist - 1e-6 and q.max() <= cap + 1e-6
+    clamped = np.array([[n == NOTE_CAP for n in row] for row in t.note])
+    assert np.all(t.loqfit[clamped] == cap)
+    median = float(np.median(t.loqfit[:, 0]))
+    assert 3.0 <= median <= 5.0, median
+    # the same map low-pass filtered to 6 A (hard cut in Fourier space): LoQFit follows it
+    x = real_map.data.compute().astype(np.float64)
+    h = real_map.grid.voxel_size[0]
+    f = np.sqrt(sum(np.meshgrid(np.fft.fftfreq(100, h) ** 2, np.fft.fftfreq(100, h) ** 2,
+                                np.fft.rfftfreq(100, h) ** 2, indexing="ij")))
+    low = np.fft.irfftn(np.fft.rfftn(x) * (f <= 1 / 6.0), s=x.shape, axes=(0, 1, 2)).astype(np.float32)
+    low_map = Map(da.from_array(low, chunks=50), real_map.grid, "lowpass6")
+    lt = score_models(low_map, {"deposited": real_structure}, RES)
+    low_median = float(np.nanmedian(lt.loqfit[:, 0]))
+    assert 5.0 <= low_median <= 7.5, low_median
+    assert low_median > median + 1.5
+    assert np.mean(lt.loqfit[:, 0] > t.loqfit[:, 0]) > 0.95
+
+
+def test_chunked_scores_equal_one_chunk(one_chunk, map_path, real_structure, shifted):
+    chunked = read_map(map_path, chunks=(32, 27, 40))
+    assert chunked.data.npartitions == 4 * 4 * 3
+    t = score_models(chunked, {"deposited": real_structure, "shifted": shifted}, RES)
+    np.testing.assert_allclose(t.smoc, one_chunk.smoc, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(t.loqfit, one_chunk.loqfit, rtol=0, atol=1e-9)
+    assert t.note == one_chunk.note
+    for label in t.models:
+        for k, v in t.ccc[label].items():
+            assert v == pytest.approx(one_chunk.ccc[label][k], abs=1e-6)
+
+
+def test_model_against_its_own_simulated_map_scores_perfectly(real_map, real_structure, real_atoms):
+    """Independent truth: on a map made of the very Gaussians the scores simulate, SMOCf is 1 and
+    the local FSC is 1 in every shell (LoQFit at Nyquist) - on a chunked map, so every atom that
+    reaches a residue's window from a neighbouring chunk must be in its group's simulated map."""
+    sigma = np.full(len(real_atoms), uniform_sigma(RES))
+    amp = K.amplitudes(real_atoms.weight, sigma, real_map.grid.voxel_size, 1.0)
+    sim = simulate(real_map.grid, 24, real_atoms.xyz, sigma, amp)
+    t = score_models(Map(sim, real_map.grid, "simulated"), [real_structure], RES)
+    np.testing.assert_allclose(t.smoc[:, 0], 1.0, atol=1e-6)
+    assert all(n[0] == NOTE_NYQUIST for n in t.note)
+    np.testing.assert_allclose(t.loqfit[:, 0], 2 * real_map.grid.voxel_size[0], rtol=1e-6)
+    assert t.ccc["model1"]["ccc_box"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_smoc_windows_stop_at_chain_breaks(real_structure):
+    st = real_structure.clone()
+    del st[0]["A"][60]  # a gap after residue 60 of chain A (seqid 61 removed)
+    res = residue_table(st, window=11)
+    keys = res.keys()
+    i60, i62 = keys.index(("A", 60, "")), keys.index(("A", 62, ""))
+    assert res.window[i60, 1] == res.atoms[i60, 1]  # nothing after the break
+    assert res.window[i62, 0] == res.atoms[i62, 0]  # nothing before it
+    i30 = keys.index(("A", 30, ""))
+    assert res.window[i30, 0] == res.atoms[i30 - 5, 0] and res.window[i30, 1] == res.atoms[i30 + 5, 1]
+    first = keys.index(("B", 1, ""))
+    assert res.window[first, 0] == res.atoms[first, 0]  # no window across chains
+
+
+def test_fsc_crossing_interpolates_and_clamps():
+    freq = np.arange(11) / 40.0  # shells of 1/40 A^-1, Nyquist 4 A
+    fsc = np.array([1, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0, 0])
+    value, note = crossing(fsc, freq)
+    assert note == "" and value == pytest.approx(1 / (4.5 / 40.0))
+    dip = fsc.copy()
+    dip[1] = 0.3  # a dip at the lowest shell does not end the search
+    assert crossing(dip, freq)[0] == pytest.approx(value)
+    assert crossing(np.ones(11), freq) == (pytest.approx(4.0), NOTE_NYQUIST)
+    assert crossing(np.full(11, 0.1), freq, cap=18.0) == (18.0, NOTE_CAP)
+
+
+def test_model_off_the_map_is_an_input_error(real_map, real_structure, real_atoms):
+    away = updated_structure(real_structure, xyz=real_atoms.xyz + 300.0)
+    with pytest.raises(InputError, match="do not overlap"):
+        score_models(real_map, {"away.pdb": away}, RES)
+    with pytest.raises(InputError, match="resolution"):
+        score_models(real_map, [real_structure], 0.1)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "reff_dask.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_cli_writes_tables_plots_and_report(tmp_path, map_path, model_path, shifted, real_atoms):
+    write_structure(shifted, tmp_path / "shifted")
+    out = tmp_path / "out"
+    r = _cli("score", "-m", map_path, "-p", model_path, "-p", tmp_path / "shifted.pdb", "-r", RES, "-o", out,
+             "--workers", 1, "--chunks", 50, "--contour", 0.1)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"] == ["5ni1", "shifted"] and report["resolution"] == RES
+    assert report["model_files"] == {"5ni1": str(model_path), "shifted": str(tmp_path / "shifted.pdb")}
+    ccc = report["ccc"]
+    assert ccc["5ni1"]["ccc_box"] > ccc["shifted"]["ccc_box"] + 0.3
+    assert ccc["5ni1"]["ccc_contour"] > ccc["shifted"]["ccc_contour"] + 0.3
+    assert set(report["chain_means"]) == {"A", "B", "C", "D"}
+    for name in report["outputs"]:
+        assert (out / name).stat().st_size > 0, name
+    for chain in "ABCD":
+        assert (out / f"scores_chain_{chain}.png").read_bytes()[:4] == b"\x89PNG"
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 578
+    assert list(rows[0])[:4] == ["chain", "resnum", "icode", "resname"]
+    assert {"smocf_5ni1", "loqfit_5ni1", "smocf_shifted", "loqfit_shifted"} <= set(rows[0])
+    assert rows[0]["chain"] == "A" and rows[0]["resnum"] == "1" and rows[0]["resname"] == "VAL"
+    js = json.loads((out / "scores.json").read_text())
+    assert len(js["residues"]) == 578 and set(js["residues"][0]["scores"]) == {"5ni1", "shifted"}
+    assert "5ni1" in r.stderr and "LoQFit" in r.stderr
+    # a model that misses the map: exit code 2 and a message naming the file
+    write_structure(updated_structure(shifted, xyz=real_atoms.xyz + 300.0), tmp_path / "away")
+    r = _cli("score", "-m", map_path, "-p", tmp_path / "away.pdb", "-r", RES, "-o", tmp_path / "bad",
+             "--workers", 1)
+    assert r.returncode == 2
+    assert "away.pdb" in r.stderr and "outside" in r.stderr
