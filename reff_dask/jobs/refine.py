@@ -1,0 +1,104 @@
+"""`reff-dask refine`: B-only stage, then GMM-guided MD position refinement, final minimisation."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint
+from ..bfactor import BFactorSettings, GMMState, model_ccc, refine_bfactors
+from ..gmm.mstep import uniform_sigma
+from ..io.atomic import write_text
+from ..io.models import sigma_to_b, updated_structure, write_structure
+from ..md.clashes import count_clashes
+from ..md.prepare import prepare_model
+from ..plots import refine_plot
+from ..refine import RefineSettings, minimise, refine_positions
+from .inputs import load_inputs
+
+
+def _say(text: str) -> None:
+    print(f"[refine] {text}", file=sys.stderr, flush=True)
+
+
+def _progress(row: dict) -> None:
+    _say(f"iteration {row['iteration']:3d}  CCC {row['ccc']:.4f}  moved {row['shift_rms_A']:.2f} A rms  "
+         f"(GMM {row['gmm_seconds']:.1f} s, MD {row['md_seconds']:.1f} s)")
+
+
+def _per_chain_rmsd(atoms, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    d2 = np.sum((a - b) ** 2, axis=1)
+    return {name: float(np.sqrt(d2[atoms.chain == i].mean())) for i, name in enumerate(atoms.chain_names)}
+
+
+def run(map_path: str, model_path: str, resolution: float, outdir: str, settings: RefineSettings,
+        bfactor_settings: BFactorSettings, forcefield: str = "amber14", implicit: str | None = "default",
+        chunks=64, resume: bool = False) -> dict:
+    """Refine ``model_path`` into ``map_path``; write the best-CCC model, report, plot, checkpoint."""
+    t_start = time.perf_counter()
+    out = Path(outdir)
+    if resume and not (out / checkpoint.NAME).exists():
+        checkpoint.load(out, {})  # raises the clear "no checkpoint" error
+    inp = load_inputs(map_path, model_path, chunks, resolution)
+    m, atoms, st = inp.map, inp.atoms, inp.structure
+    _say(f"map {m.grid.shape[::-1]} voxels in {m.data.npartitions} chunks; model {len(atoms)} atoms, "
+         f"chains {atoms.chain_names}")
+    t0 = time.perf_counter()
+    prepared = prepare_model(st, forcefield, implicit)
+    t_prepare = time.perf_counter() - t0
+    if prepared.excluded:
+        _say(f"kept fixed (no force-field parameters): {len(prepared.excluded)} residues, e.g. "
+             + ", ".join(f"{e.chain}/{e.resname}{e.resnum}" for e in prepared.excluded[:6]))
+    _say(f"MD system: {prepared.n_particles} particles, chains {prepared.chains} ({t_prepare:.1f} s)")
+    run_meta = {"map": str(Path(map_path).resolve()), "model": str(Path(model_path).resolve()),
+                "forcefield": forcefield, "implicit": str(implicit)}
+    b_hist: list[dict] = []
+    t0 = time.perf_counter()
+    if resume:
+        state = GMMState(np.zeros(len(atoms)), 1.0, 1.0)  # replaced by the checkpoint's
+        _say(f"resuming from {out / checkpoint.NAME}")
+    else:
+        b = refine_bfactors(m, atoms.xyz, atoms.weight, bfactor_settings, residue=atoms.residue,
+                            progress=lambda r: _say(f"B stage iteration {r['iteration']:3d}  CCC {r['ccc']:.4f}"))
+        state, b_hist = b.state, b.history
+    t_bstage = time.perf_counter() - t0
+    result = refine_positions(m, atoms.xyz, atoms.weight, state, prepared, settings, outdir=out,
+                              run_meta=run_meta, resume=resume, progress=_progress)
+    t0 = time.perf_counter()
+    xyz_min = minimise(m, result.xyz, atoms.weight, result.state, prepared, settings)
+    ccc_min, _ = model_ccc(m, xyz_min, atoms.weight, uniform_sigma(resolution))
+    t_min = time.perf_counter() - t0
+    final_xyz, final_label = (xyz_min, "minimised") if ccc_min >= result.ccc_best else (result.xyz, "best MD")
+    ccc_final = max(ccc_min, result.ccc_best)
+    _say(f"CCC {result.ccc_start:.4f} -> {result.ccc_best:.4f} (best MD, iteration {result.best_iteration}), "
+         f"{ccc_min:.4f} after minimisation; keeping {final_label}")
+
+    b_final = sigma_to_b(result.state.sigma)
+    refined = updated_structure(st, xyz=final_xyz, b_iso=b_final)
+    clashes_before = count_clashes(st)
+    clashes_after = count_clashes(refined)
+    models = write_structure(refined, out / "model_refined")
+    refine_plot(result.history, b_hist, out / "refine.png")
+    report = {
+        "command": "refine", "map": str(map_path), "model": str(model_path), "resolution": resolution,
+        "atoms": len(atoms), "md_particles": prepared.n_particles, "chains_simulated": prepared.chains,
+        "kept_fixed": [e._asdict() for e in prepared.excluded],
+        "ccc_start": result.ccc_start, "ccc_best_md": result.ccc_best, "best_iteration": result.best_iteration,
+        "ccc_minimised": ccc_min, "ccc_final": ccc_final, "final_model": final_label,
+        "clashes_before": clashes_before, "clashes_after": clashes_after,
+        "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, atoms.xyz, final_xyz),
+        "bfactor_stage": b_hist, "iterations": result.history,
+        "settings": {"refine": settings.__dict__, "bfactor": bfactor_settings.__dict__,
+                     "forcefield": forcefield, "implicit": str(implicit)},
+        "wall_seconds": {"total": time.perf_counter() - t_start, "prepare": t_prepare, "bfactor_stage": t_bstage,
+                         "minimise": t_min, **result.timing},
+        "outputs": [p.name for p in models] + ["refine.png", "report.json", checkpoint.NAME],
+    }
+    write_text(out / "report.json", json.dumps(report, indent=1, default=float))
+    _say(f"wrote {out}/")
+    return report
+
