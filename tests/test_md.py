@@ -1,0 +1,300 @@
+"""MD layer on real data (5NI1 haemoglobin, 3J6B chain 9), kept small and short.
+
+Most dynamics run on a two-chain piece of 5NI1 (chain A 1-40 and the part of
+chain B it touches, B 100-135) so a step costs a few ms on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import gemmi
+import numpy as np
+import openmm
+import openmm.unit as unit
+import pytest
+
+from reff_dask.md.clashes import find_clashes
+from reff_dask.md.force import DEFAULT_K_GMM, make_gmm_force, set_gmm_targets
+from reff_dask.md.prepare import prepare_model
+from reff_dask.md.simulate import (
+    ChainSimulation,
+    choose_platform,
+    clear_cache,
+    neighbour_particles,
+    run_chain_segment,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PDB_5NI1 = DATA / "emd_3488" / "5ni1.pdb"
+PDB_3J6B = DATA / "emd_2566" / "3j6b_chain9_withH.pdb"
+
+pytestmark = pytest.mark.skipif(not PDB_5NI1.exists(), reason="shared data not present")
+
+
+def _xyz(st: gemmi.Structure) -> np.ndarray:
+    return np.array([[a.pos.x, a.pos.y, a.pos.z] for ch in st[0] for r in ch for a in r])
+
+
+def _piece(st: gemmi.Structure, keep: dict[str, tuple[int, int]]) -> gemmi.Structure:
+    """Copy of ``st`` with only residues lo..hi (polymer) of the named chains."""
+    out = st.clone()
+    model = out[0]
+    for name in [ch.name for ch in model]:
+        if name not in keep:
+            model.remove_chain(name)
+    for ch in model:
+        lo, hi = keep[ch.name]
+        for i in range(len(ch) - 1, -1, -1):
+            r = ch[i]
+            if not (lo <= r.seqid.num <= hi) or r.het_flag == "H":
+                del ch[i]
+    return out
+
+
+@pytest.fixture(scope="module")
+def st_5ni1() -> gemmi.Structure:
+    return gemmi.read_structure(str(PDB_5NI1))
+
+
+@pytest.fixture(scope="module")
+def prepared_full(st_5ni1):
+    return prepare_model(st_5ni1)
+
+
+@pytest.fixture(scope="module")
+def piece(st_5ni1):
+    st = _piece(st_5ni1, {"A": (1, 40), "B": (100, 135)})
+    return st, prepare_model(st)
+
+
+@pytest.fixture(scope="module")
+def piece_a30(st_5ni1):
+    st = _piece(st_5ni1, {"A": (1, 30)})
+    return st, prepare_model(st)
+
+
+# ---------------------------------------------------------------- prepare
+
+def test_prepare_5ni1_excludes_ligands_and_maps_protein(st_5ni1, prepared_full):
+    pm = prepared_full
+    ex = {(e.chain, e.resname) for e in pm.excluded}
+    assert {(c, "HEM") for c in "ABCD"} <= ex
+    assert sum(e.resname == "HEM" for e in pm.excluded) == 4
+    assert sum(e.resname == "HOH" for e in pm.excluded) == 24
+    assert len(pm.excluded) == 28
+    assert pm.chains == ["A", "B", "C", "D"]
+    # every protein atom is simulated, every HEM / water atom is not
+    names = [r.name for ch in st_5ni1[0] for r in ch for _ in r]
+    protein = np.array([n not in ("HEM", "HOH") for n in names])
+    assert pm.n_input_atoms == len(names) == 4579
+    assert np.all(pm.atom_map[protein] >= 0)
+    assert np.all(pm.atom_map[~protein] == -1)
+    # maps are inverse of each other; mapped particles sit at the input positions
+    mapped = pm.atom_map[protein]
+    assert len(np.unique(mapped)) == len(mapped)
+    assert np.array_equal(pm.particle_atom[mapped], np.flatnonzero(protein))
+    assert np.allclose(pm.positions_A[mapped], _xyz(st_5ni1)[protein])
+    # particles without an input atom: added hydrogens, plus the heavy atom
+    # pdbfixer adds (the missing OG of one serine; 5NI1 has its OXTs)
+    added = [a for a in pm.topology.atoms() if pm.particle_atom[a.index] < 0]
+    heavy = sorted((a.residue.name, a.name) for a in added if a.element.symbol != "H")
+    assert heavy == [("SER", "OG")]
+    assert sum(a.element.symbol == "H" for a in added) > 4000
+    kinds = {f.__class__.__name__ for f in pm.system.getForces()}
+    assert "CustomGBForce" in kinds and "NonbondedForce" in kinds  # GBn2 implicit solvent
+    assert set(pm.particle_chain) == set("ABCD")
+
+
+def test_prepare_keeps_input_hydrogens_and_splits_gaps():
+    if not PDB_3J6B.exists():
+        pytest.skip("3j6b not present")
+    st = gemmi.read_structure(str(PDB_3J6B))
+    pm = prepare_model(st)
+    assert pm.excluded == []
+    assert np.all(pm.atom_map >= 0)  # all 2865 atoms incl. the input hydrogens
+    assert pm.chains == ["9"]
+    # the chain has gaps: one OpenMM chain per continuous segment, no long bond
+    assert pm.topology.getNumChains() > 1
+    pos = pm.positions_A
+    for f in pm.system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            d = [np.linalg.norm(pos[f.getBondParameters(b)[0]] - pos[f.getBondParameters(b)[1]])
+                 for b in range(f.getNumBonds())]
+            assert max(d) < 2.5
+
+
+# ---------------------------------------------------------------- GMM force
+
+def test_gmm_force_energy_and_direction():
+    """One free particle: energy k(1-exp(-r^2/2w^2)), force points at the target."""
+    system = openmm.System()
+    system.addParticle(12.0)
+    k, w_A, r_A = 300.0, 1.0, 0.8
+    target = np.array([[10.0, 10.0, 10.0]])
+    f = make_gmm_force([0], target, w_A, k_gmm=k)
+    system.addForce(f)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(((target + [r_A, 0, 0]) / 10.0).tolist())
+    st = ctx.getState(getEnergy=True, getForces=True)
+    e = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert e == pytest.approx(k * (1 - np.exp(-(r_A**2) / (2 * w_A**2))), rel=1e-6)
+    fx = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)[0]
+    expect = -k * (r_A / 10) / (w_A / 10) ** 2 * np.exp(-(r_A**2) / (2 * w_A**2))
+    assert fx[0] == pytest.approx(expect, rel=1e-6) and abs(fx[1]) < 1e-9
+    # moving the target onto the particle switches the pull off
+    set_gmm_targets(f, target + [r_A, 0, 0], w_A, ctx)
+    st = ctx.getState(getEnergy=True)
+    assert st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) == pytest.approx(0, abs=1e-9)
+
+
+def _heavy_bond_rms(pm, pos_A):
+    mass = np.array([pm.system.getParticleMass(i)._value for i in range(pm.n_particles)])
+    dev = []
+    for f in pm.system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            for b in range(f.getNumBonds()):
+                i, j, r0, _ = f.getBondParameters(b)
+                if mass[i] > 1.5 and mass[j] > 1.5:
+                    dev.append(np.linalg.norm(pos_A[i] - pos_A[j]) - r0._value * 10)
+    return float(np.sqrt(np.mean(np.square(dev))))
+
+
+def test_gmm_force_pulls_atoms_to_shifted_targets(piece_a30):
+    """Default k_gmm: a piece whose targets move 1 A follows within one `fast`
+    segment; without the force it does not.  Noisy targets keep bonds sane."""
+    st, pm = piece_a30
+    xyz = _xyz(st)
+    shift = np.array([1.0, 0.0, 0.0])
+    moved = {}
+    for k in (0.0, DEFAULT_K_GMM):
+        sim = ChainSimulation(pm, "A", preset="fast", k_gmm=k)
+        out = sim.run(xyz + shift, 1.0, seed=3)
+        moved[k] = float((out - xyz)[:, 0].mean())
+    assert moved[0.0] < 0.3
+    assert moved[DEFAULT_K_GMM] > 0.6
+    # minimisation with the same targets lands on them
+    out = ChainSimulation(pm, "A", preset="minimise").run(xyz + shift, 1.0)
+    assert np.sqrt(((out - xyz - shift) ** 2).sum(1).mean()) < 0.2
+    rng = np.random.default_rng(0)
+    sim = ChainSimulation(pm, "A", preset="fast")
+    sim.run(xyz + rng.normal(0, 0.5, xyz.shape), 1.0, seed=3)
+    assert _heavy_bond_rms(pm, sim.particle_positions_A) < 0.07
+
+
+# ---------------------------------------------------------------- sub-systems
+
+def _grouped(pm):
+    """Copy of a PreparedModel whose forces sit in separate force groups."""
+    system = openmm.XmlSerializer.clone(pm.system)
+    for g, f in enumerate(system.getForces()):
+        f.setForceGroup(g)
+    return dataclasses.replace(pm, system=system)
+
+
+def test_subsystem_forces_match_full_system(piece):
+    """Forces on chain A's mobile atoms: bonded and direct non-bonded terms equal
+    the full system's (the neighbour shell = non-bonded cutoff); GBn2 differs only
+    through Born radii of cut-off neighbours (< 2 % RMS)."""
+    _, pm0 = piece
+    pm = _grouped(pm0)
+    sim = ChainSimulation(pm, "A", preset="paper")  # no constraints: every bond term kept
+    assert len(sim.fixed) > 0
+    plat = openmm.Platform.getPlatformByName("Reference")
+    full = openmm.Context(pm.system, openmm.VerletIntegrator(0.001), plat)
+    full.setPositions(pm.positions_A / 10.0)
+    sub = openmm.Context(sim.system, openmm.VerletIntegrator(0.001), plat)
+    sub.setPositions(sim._pos_nm)
+    mob = np.isin(sim.subset, sim.mobile)
+    for g, f in enumerate(pm.system.getForces()):
+        a = full.getState(getForces=True, groups={g}).getForces(asNumpy=True)._value[sim.mobile]
+        b = sub.getState(getForces=True, groups={g}).getForces(asNumpy=True)._value[mob]
+        rel = np.sqrt(((a - b) ** 2).sum(1).mean() / (a**2).sum(1).mean())
+        name = f.__class__.__name__
+        if name == "CustomGBForce":
+            assert rel < 0.02, (name, rel)
+        else:
+            assert rel < 1e-6, (name, rel)
+
+
+def test_neighbours_fixed_and_updated(piece):
+    _, pm = piece
+    sim = ChainSimulation(pm, "A", preset="fast")
+    # neighbour set: other-chain particles within 10 A, and only those
+    pos = pm.positions_A
+    other = np.flatnonzero(pm.particle_chain != "A")
+    d = np.sqrt(((pos[other][:, None] - pos[pm.particle_chain == "A"][None]) ** 2).sum(-1)).min(1)
+    assert np.array_equal(np.sort(sim.fixed), other[d <= 10.0])
+    assert np.array_equal(neighbour_particles(pm, "A", pos, 10.0), sim.fixed)
+    fixed0 = sim.fixed_positions_A.copy()
+    mob0 = sim.particle_positions_A.copy()
+    sim.run(steps=20, seed=5)
+    assert np.array_equal(sim.fixed_positions_A, fixed0)
+    assert np.abs(sim.particle_positions_A - mob0).max() > 0.01
+    # new neighbour positions (as after another chain's segment) are taken up and stay
+    new = pm.positions_A.copy()
+    new[sim.fixed] += [0.3, 0.0, 0.0]
+    sim.update_neighbours(new)
+    sim.run(steps=10)
+    assert np.allclose(sim.fixed_positions_A, fixed0 + [0.3, 0.0, 0.0], atol=1e-5)
+
+
+def test_run_chain_segment_cached_equals_rebuilt(piece):
+    """Same inputs + seed -> same positions, whether the worker had the chain's
+    simulation cached or rebuilt it.  Bit-for-bit with one CPU thread; with more
+    threads OpenMM's CPU force summation order varies (~1e-7 A after 15 steps)
+    and the random stream depends on the thread count."""
+    st, pm = piece
+    xyz = _xyz(st)
+    rng = np.random.default_rng(1)
+    targets = xyz + rng.normal(0, 0.3, xyz.shape)
+    kw = dict(run_id="t-cache", iteration=4, seed=11, preset="fast", steps=15, threads=1)
+    clear_cache()
+    r1 = run_chain_segment(pm, "A", pm.positions_A, targets, 1.0, **kw)
+    r2 = run_chain_segment(pm, "A", pm.positions_A, targets, 1.0, **kw)
+    clear_cache()
+    r3 = run_chain_segment(pm, "A", pm.positions_A, targets, 1.0, **kw)
+    assert r1.rebuilt and not r2.rebuilt and r3.rebuilt
+    assert np.array_equal(r1.particle_positions_A, r2.particle_positions_A)
+    assert np.array_equal(r1.particle_positions_A, r3.particle_positions_A)
+    assert np.array_equal(r1.particles, pm.chain_particles("A"))
+    assert np.abs(r1.particle_positions_A - pm.positions_A[r1.particles]).max() > 0.01
+    # the seed (here via the iteration number) matters
+    r4 = run_chain_segment(pm, "A", pm.positions_A, targets, 1.0, **{**kw, "iteration": 5})
+    assert not r4.rebuilt
+    assert not np.array_equal(r1.particle_positions_A, r4.particle_positions_A)
+    # the chain's input atoms, for scattering back into the atom table
+    assert np.array_equal(r1.input_atoms, pm.chain_input_atoms("A"))
+    assert np.array_equal(r1.input_positions_A, r1.particle_positions_A[
+        np.searchsorted(r1.particles, pm.atom_map[r1.input_atoms])])
+    # default (2) threads: the Langevin noise stream depends on the thread count,
+    # so compare like with like; cached and rebuilt agree to float rounding
+    kw2 = {**kw, "threads": 2, "run_id": "t-cache-2"}
+    r5 = run_chain_segment(pm, "A", pm.positions_A, targets, 1.0, **kw2)
+    clear_cache()
+    r6 = run_chain_segment(pm, "A", pm.positions_A, targets, 1.0, **kw2)
+    assert r5.rebuilt and r6.rebuilt
+    assert np.allclose(r5.particle_positions_A, r6.particle_positions_A, atol=1e-4)
+    clear_cache()
+
+
+def test_choose_platform_cpu():
+    plat, props = choose_platform("CPU", threads=1)
+    assert plat.getName() == "CPU" and props == {"Threads": "1"}
+    assert choose_platform()[0].getName() in ("CUDA", "OpenCL", "CPU")
+
+
+# ---------------------------------------------------------------- clashes
+
+def test_clashes_deposited_model_few_and_created_clash_found(st_5ni1):
+    rep = find_clashes(st_5ni1)
+    assert rep.clashscore < 10  # 20 pairs in 4579 atoms for the deposited 5NI1
+    xyz = _xyz(st_5ni1)
+    keys = [(ch.name, r.seqid.num, a.name) for ch in st_5ni1[0] for r in ch for a in r]
+    i, j = keys.index(("A", 20, "CB")), keys.index(("A", 60, "CA"))
+    moved = xyz.copy()
+    moved[i] = xyz[j] + [0.5, 0.0, 0.0]
+    rep2 = find_clashes(st_5ni1, moved)
+    assert (min(i, j), max(i, j)) in {(c.i, c.j) for c in rep2.clashes}
+    assert rep2.n_clashes > rep.n_clashes
