@@ -16,7 +16,7 @@ from reff_dask.gmm import kernels as K
 from reff_dask.gmm.blockwise import simulate
 from reff_dask.gmm.mstep import uniform_sigma
 from reff_dask.io.maps import Map, read_map
-from reff_dask.io.models import updated_structure, write_structure
+from reff_dask.io.models import atom_table, read_structure, updated_structure, write_structure
 from reff_dask.scores import ScoreSettings, score_models
 from reff_dask.scores.loqfit import NOTE_CAP, NOTE_NYQUIST, crossing
 from reff_dask.scores.residues import residue_table
@@ -86,6 +86,23 @@ def test_chunked_scores_equal_one_chunk(one_chunk, map_path, real_structure, shi
     for label in t.models:
         for k, v in t.ccc[label].items():
             assert v == pytest.approx(one_chunk.ccc[label][k], abs=1e-6)
+
+
+def test_cropped_map_placed_by_origin(shared_case):
+    """EMD-2566 crop (box placed by the MRC ORIGIN field, model with hydrogens): the scores
+    use the map's origin, and chunking does not change them."""
+    case = shared_case("emd_2566")
+    st = read_structure(case / "3j6b_chain9_withH.pdb")
+    xyz = atom_table(st).xyz
+    models = {"deposited": st, "shifted": updated_structure(st, xyz=xyz + np.array([3.0, 0.0, 0.0]))}
+    one = score_models(read_map(case / "emd_2566_crop_3j6b_chain9.mrc.gz", 100), models, RES)
+    chunked = score_models(read_map(case / "emd_2566_crop_3j6b_chain9.mrc.gz", 16), models, RES)
+    assert len(one) == 195
+    assert np.mean(one.smoc[:, 0] > one.smoc[:, 1]) > 0.95
+    assert np.mean(one.loqfit[:, 0] < one.loqfit[:, 1]) > 0.95
+    assert 3.0 <= np.median(one.loqfit[:, 0]) <= 5.0
+    np.testing.assert_allclose(chunked.smoc, one.smoc, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(chunked.loqfit, one.loqfit, rtol=0, atol=1e-9)
 
 
 def test_model_against_its_own_simulated_map_scores_perfectly(real_map, real_structure, real_atoms):
