@@ -21,6 +21,32 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                                        "cluster; default: start an embedded local cluster")
     g.add_argument("--workers", type=int, help="worker processes of the embedded cluster (default: cores)")
     g.add_argument("--chunks", type=_chunks, default=64, help="map chunk edge in voxels, or z,y,x (default 64)")
+    g.add_argument("--tls-dir", help="folder with ca.pem, cert.pem, key.pem to join a tls:// scheduler "
+                                     "(deploy/tls/make-certs.sh makes them)")
+    g.add_argument("--cluster", choices=["local", "slurm", "pbs"], default="local",
+                   help="without --scheduler: start the cluster locally (default) or as SLURM/PBS batch jobs "
+                        "(dask-jobqueue; see deploy/README.md)")
+    j = p.add_argument_group("batch cluster (--cluster slurm|pbs; unset values come from the dask jobqueue config)")
+    j.add_argument("--jobs", type=int, default=1, help="batch jobs to submit (default 1)")
+    j.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
+    j.add_argument("--account", help="account/project to charge")
+    j.add_argument("--walltime", help="per job, e.g. 02:00:00 (default 00:30:00)")
+    j.add_argument("--job-cores", type=int, help="cores per job (default 4); one 1-thread worker per core")
+    j.add_argument("--job-memory", help="memory per job, e.g. 16GiB (default 16GiB)")
+    j.add_argument("--job-extra", action="append", default=[], help="extra #SBATCH/#PBS directive, e.g. --job-extra=--exclusive (repeat)")
+    j.add_argument("--job-prologue", action="append", default=[],
+                   help="shell line run before the worker starts, e.g. 'source ~/venv/bin/activate' (repeat)")
+    j.add_argument("--no-tls", action="store_true", help="plain TCP between the batch jobs (default: TLS)")
+
+
+def _cluster_kw(args) -> dict:
+    from .cluster import JobQueueSettings
+
+    jq = JobQueueSettings(jobs=args.jobs, queue=args.queue, account=args.account, walltime=args.walltime,
+                          cores=args.job_cores, memory=args.job_memory, job_extra=args.job_extra,
+                          prologue=args.job_prologue, tls=not args.no_tls)
+    return {"scheduler": args.scheduler, "workers": args.workers, "cluster": args.cluster, "jobqueue": jq,
+            "tls_dir": args.tls_dir}
 
 
 def _map_model_args(p: argparse.ArgumentParser) -> None:
@@ -140,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             from .jobs import bfactor
 
             settings = _bsettings(args, args.resolution)
-            with dask_client(args.scheduler, args.workers):
+            with dask_client(**_cluster_kw(args)):
                 bfactor.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
             return 0
         if args.command == "refine":
@@ -153,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.k_gmm is not None:
                 rs.k_gmm = args.k_gmm
             implicit = None if args.implicit.lower() == "none" else args.implicit
-            with dask_client(args.scheduler, args.workers):
+            with dask_client(**_cluster_kw(args)):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
                            args.forcefield, implicit, args.chunks, args.resume)
             return 0
@@ -163,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "segment":
                 from .jobs import segment
 
-                with dask_client(args.scheduler, args.workers):
+                with dask_client(**_cluster_kw(args)):
                     segment.run(args.map, args.model, args.resolution, args.outdir, settings, args.by,
                                 args.use_model_b, args.threshold, args.chunks, args.keep_zarr)
                 return 0
@@ -172,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             for what, vals in (("-p", args.model), ("-r", args.resolution)):
                 if len(vals) not in (1, len(args.map)):
                     build_parser().error(f"composite: give {what} once or once per -m ({len(args.map)} maps)")
-            with dask_client(args.scheduler, args.workers):
+            with dask_client(**_cluster_kw(args)):
                 composite.run(args.map, args.model, args.resolution, args.output, settings, args.use_model_b,
                               not args.no_resample, args.match_scale, args.chunks)
             return 0
@@ -181,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             from .scores import ScoreSettings
 
             settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour)
-            with dask_client(args.scheduler, args.workers):
+            with dask_client(**_cluster_kw(args)):
                 score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
             return 0
     except InputError as e:

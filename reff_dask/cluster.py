@@ -1,37 +1,151 @@
-"""The one place that creates or joins a Dask cluster."""
+"""The one place that creates or joins a Dask cluster.
+
+Three ways: join a running cluster (``scheduler``: address or scheduler file, TLS with
+``tls_dir``), start an embedded local cluster (default), or start one through a batch
+system with dask-jobqueue (``cluster="slurm"`` or ``"pbs"``; the ``hpc`` extra).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from distributed import Client, LocalCluster
 
+from .errors import InputError
+
+#: Cluster kinds ``--cluster`` accepts.
+KINDS = ("local", "slurm", "pbs")
+#: Files ``tls_dir`` must hold (the names deploy/tls/make-certs.sh writes).
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
+
+
+@dataclass
+class JobQueueSettings:
+    """Batch jobs of a SLURM/PBS cluster. ``None`` fields fall back to the dask config
+    (``~/.config/dask/jobqueue.yaml``, ``jobqueue.slurm.*`` / ``jobqueue.pbs.*``), then to
+    the defaults below: one job of 4 cores and 16 GiB running 4 one-thread worker processes
+    (walltime: dask-jobqueue's default, 30 minutes). ``tls``: temporary certificates for scheduler/workers/client (written into
+    ``shared_temp_directory``, which the jobs must see; default the current folder).
+    """
+
+    jobs: int = 1
+    queue: str | None = None
+    account: str | None = None
+    walltime: str | None = None
+    cores: int | None = None
+    memory: str | None = None
+    processes: int | None = None
+    job_extra: list[str] = field(default_factory=list)
+    prologue: list[str] = field(default_factory=list)
+    tls: bool = True
+    shared_temp_directory: str | None = None
+    local_directory: str | None = None
+    wait_seconds: float = 3600.0
+
+    DEFAULTS = {"cores": 4, "memory": "16GiB"}
+
+
+def _quiet() -> None:
+    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def tls_security(tls_dir: str | Path):
+    """A :class:`distributed.Security` from ``tls_dir`` (ca.pem, cert.pem, key.pem), encryption required."""
+    from distributed import Security
+
+    d = Path(tls_dir)
+    missing = [f for f in TLS_FILES if not (d / f).is_file()]
+    if missing:
+        raise InputError(d, f"TLS folder lacks {missing} (make them with deploy/tls/make-certs.sh)")
+    ca, cert, key = (str(d / f) for f in TLS_FILES)
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+                    tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+
+
+def jobqueue_cluster(kind: str, settings: JobQueueSettings | None = None):
+    """A dask-jobqueue ``SLURMCluster``/``PBSCluster`` with no jobs submitted yet.
+
+    ``cluster.job_script()`` shows the batch script each job runs; ``cluster.scale(jobs=n)``
+    submits them.
+    """
+    import dask
+
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise InputError(f"--cluster {kind}", "needs dask-jobqueue: pip install 'reff-dask[hpc]'") from None
+    s = settings or JobQueueSettings()
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
+    kw: dict = {}
+    for name in ("cores", "memory", "walltime", "queue", "account"):
+        value = getattr(s, name)
+        if value is None and dask.config.get(f"jobqueue.{kind}.{name}", None) is None:
+            value = JobQueueSettings.DEFAULTS.get(name)
+        if value is not None:
+            kw[name] = value
+    if s.processes is not None:
+        kw["processes"] = s.processes
+    elif dask.config.get(f"jobqueue.{kind}.processes", None) is None:
+        kw["processes"] = kw.get("cores") or dask.config.get(f"jobqueue.{kind}.cores")  # one thread per worker
+    if s.job_extra:
+        kw["job_extra_directives"] = list(s.job_extra)
+    if s.prologue:
+        kw["job_script_prologue"] = list(s.prologue)
+    if s.local_directory:
+        kw["local_directory"] = s.local_directory
+    if s.tls:
+        kw["security"] = True  # dask-jobqueue: Security.temporary(), certificates shared with the jobs
+        kw["protocol"] = "tls://"
+        shared = (s.shared_temp_directory or dask.config.get(f"jobqueue.{kind}.shared-temp-directory", None)
+                  or os.getcwd())
+        kw["shared_temp_directory"] = os.path.expanduser(os.path.expandvars(shared))
+        os.makedirs(kw["shared_temp_directory"], mode=0o700, exist_ok=True)
+    kw["job_name"] = "reff-dask"
+    return cls(**kw)
+
 
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
-                threads_per_worker: int = 1, memory_limit: str | None = None) -> Iterator[Client]:
-    """Join the cluster at ``scheduler`` (address or scheduler-file path), or start an
-    embedded local one with ``workers`` processes (default: one per core, at most 8).
+                threads_per_worker: int = 1, memory_limit: str | None = None,
+                cluster: str = "local", jobqueue: JobQueueSettings | None = None,
+                tls_dir: str | Path | None = None) -> Iterator[Client]:
+    """Join the cluster at ``scheduler`` (address or scheduler-file path; TLS certificates
+    from ``tls_dir``), start a batch-system cluster (``cluster="slurm"``/``"pbs"``,
+    ``jobqueue`` settings), or start an embedded local one with ``workers`` processes
+    (default: one per core, at most 8).
 
     The client is the default for all Dask computations inside the ``with`` block.
     """
-    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet()
+    security = tls_security(tls_dir) if tls_dir else None
     if scheduler:
+        kw = {"security": security} if security is not None else {}
         if os.path.isfile(scheduler):
-            client = Client(scheduler_file=scheduler)
+            client = Client(scheduler_file=scheduler, **kw)
         else:
-            client = Client(scheduler)
+            client = Client(scheduler, **kw)
         try:
             yield client
         finally:
             client.close()
         return
+    if cluster in ("slurm", "pbs"):
+        s = jobqueue or JobQueueSettings()
+        with jobqueue_cluster(cluster, s) as jq, Client(jq) as client:
+            jq.scale(jobs=s.jobs)
+            client.wait_for_workers(1, timeout=s.wait_seconds)
+            yield client
+        return
+    if cluster != "local":
+        raise InputError(f"--cluster {cluster}", f"unknown cluster kind; choose one of {KINDS}")
     n = workers or min(os.cpu_count() or 1, 8)
     with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
                       dashboard_address=None, memory_limit=memory_limit or "auto",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      silence_logs=logging.ERROR) as local, Client(local) as client:
         yield client
