@@ -36,6 +36,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 def write_text(target: str | Path, text: str) -> None:
-    """Write ``text`` to ``target`` atomically."""
+    """Write ``text`` to ``target`` atomically (an fsspec URL: one object written on close)."""
+    s = str(target)
+    if "://" in s and not s.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(s, "w") as f:
+            f.write(text)
+        return
+    if s.startswith("file://"):
+        target = s[len("file://"):]
     with atomic_path(target) as tmp:
         tmp.write_text(text)

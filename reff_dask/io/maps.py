@@ -62,8 +62,24 @@ class Map:
     path: str
 
 
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` is an fsspec URL of a remote or in-memory store (``s3://``, ``gs://``, ``memory://``...).
+
+    ``file://`` URLs are local paths (see :func:`local_path`), not URLs here.
+    """
+    s = str(path)
+    return "://" in s and not s.startswith("file://")
+
+
+def local_path(path: str | Path) -> str | Path:
+    """``file:///abs/x.zarr`` -> ``/abs/x.zarr``; anything else unchanged."""
+    s = str(path)
+    return s[len("file://"):] if s.startswith("file://") else path
+
+
 def is_zarr(path: str | Path) -> bool:
     """Whether ``path`` names a Zarr store (a ``.zarr`` path, a store folder, or a URL)."""
+    path = local_path(path)
     s = str(path)
     if "://" in s or s.rstrip("/").endswith(".zarr"):
         return True
@@ -77,6 +93,7 @@ def read_map(path: str | Path, chunks: int | Sequence[int] = DEFAULT_CHUNK) -> M
     Raises :class:`InputError` naming the file for anything that is not a readable,
     orthogonal, finite-sized map.
     """
+    path = local_path(path)
     if is_zarr(path):
         return _read_zarr(path, chunks)
     path = Path(path)
@@ -235,7 +252,13 @@ def _read_zarr(path, chunks) -> Map:
 
 
 def write_zarr(m: Map, target: str | Path, chunks: int | Sequence[int] = DEFAULT_CHUNK) -> None:
-    """Write ``m`` as a chunked Zarr array store with its grid in the attributes (atomic for local paths)."""
+    """Write ``m`` as a chunked Zarr array store with its grid in the attributes.
+
+    Local paths (and ``file://`` URLs) are written beside the target and renamed onto it.
+    fsspec URLs (``s3://``, ``gs://``, ``memory://``) are written in place with the map
+    metadata last (one object PUT), so a store whose writing was interrupted has no map
+    metadata and :func:`read_map` refuses it rather than reading a half-written map.
+    """
     import zarr
 
     data = m.data.astype(np.float32).rechunk(_chunks(chunks, m.grid.shape))
@@ -246,7 +269,8 @@ def write_zarr(m: Map, target: str | Path, chunks: int | Sequence[int] = DEFAULT
         da.to_zarr(data, url, overwrite=True)
         zarr.open_array(url, mode="r+").attrs.update(attrs)
 
-    if "://" in str(target):
+    target = local_path(target)
+    if is_url(target):
         _write(str(target))
     else:
         with atomic_path(target) as tmp:

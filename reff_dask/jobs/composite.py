@@ -15,7 +15,7 @@ from ..composite import ComponentFit, assign_atoms, check_grids, composite, fit_
 from ..errors import InputError
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
-from ..io.maps import Map, check_map_values, map_stats, read_map
+from ..io.maps import Map, check_map_values, is_url, local_path, map_stats, read_map
 from ..io.models import atom_table, read_structure, sigma_to_b
 from .inputs import PERSIST_BYTES
 from .outputs import write_maps
@@ -35,8 +35,11 @@ def _expand(values: list, n: int, what: str) -> list:
 
 
 def report_path(out: str | Path) -> Path:
-    """The JSON report written beside the composite: ``OUT.json``."""
-    return Path(out).with_suffix(".json")
+    """The JSON report written beside the composite: ``OUT.json`` (a URL for a URL output)."""
+    if is_url(out):
+        s = str(out).rstrip("/")
+        return s[:-len(".zarr")] + ".json" if s.endswith(".zarr") else s + ".json"
+    return Path(local_path(out)).with_suffix(".json")
 
 
 def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], out: str,
@@ -98,7 +101,7 @@ def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], 
         raise InputError(model_paths[0], "no atom lies inside any map")
     scales = focus_scales(maps, fits, weight)
     comp = composite(maps, fits, weight, grid, maps[0].data.chunks, match_scale=match_scale, scales=scales)
-    out = Path(out)
+    out = out if is_url(out) else Path(local_path(out))
     write_maps({out: comp}, grid, source="composite of " + ", ".join(Path(p).name for p in map_paths))
 
     xyz0 = atoms[0].xyz

@@ -18,7 +18,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ..io.maps import MapGrid, write_mrc
+from ..io.maps import MapGrid, is_url, local_path, write_mrc
 
 
 def _zarr_target(path: Path, data: da.Array, grid: MapGrid, source: str):
@@ -31,16 +31,47 @@ def _zarr_target(path: Path, data: da.Array, grid: MapGrid, source: str):
     return z
 
 
+def _write_urls(urls: dict[str, da.Array], local: dict, grid: MapGrid, extra, source: str):
+    """Zarr stores at fsspec URLs: chunks first, map metadata last (a store cut short has none,
+    so ``read_map`` refuses it); local targets after, as usual."""
+    import zarr
+
+    bad = [u for u in urls if not u.rstrip("/").endswith(".zarr")]
+    if bad:
+        raise ValueError(f"{bad[0]}: outputs at URLs must be Zarr stores (name ending in .zarr)")
+    sources, dests = [], []
+    for url, data in urls.items():
+        if data.shape != grid.shape:
+            raise ValueError(f"{url}: array shape {data.shape} is not the grid's {grid.shape}")
+        data = data.rechunk(tuple(int(c[0]) for c in data.chunks))
+        sources.append(data)
+        dests.append(zarr.create_array(store=url, shape=data.shape, chunks=tuple(int(c[0]) for c in data.chunks),
+                                       dtype=data.dtype, overwrite=True))
+    stored = da.store(sources, dests, lock=False, compute=False)
+    result = dask.compute(stored, extra)[1]
+    for url in urls:
+        zarr.open_array(url, mode="r+").attrs.update({"voxel_size": list(grid.voxel_size),
+                                                      "origin": list(grid.origin), "axis_order": "zyx",
+                                                      "source": source})
+    if local:
+        write_maps(local, grid, source=source)
+    return result
+
+
 def write_maps(outputs: dict[str | Path, da.Array], grid: MapGrid, extra=None, source: str = "reff-dask") -> object:
     """Compute ``outputs`` (target path -> lazy ``[z, y, x]`` array on ``grid``) in one pass.
 
     A target ending in ``.zarr`` is written as a Zarr store (readable by ``read_map``);
-    any other as float32 MRC, through a temporary Zarr store beside it. ``extra`` (any
+    any other as float32 MRC, through a temporary Zarr store beside it. A ``.zarr`` target
+    may be an fsspec URL (``s3://``, ``gs://``, ``memory://``; ``file://`` is local). ``extra`` (any
     Dask collection or nested container of them) is computed in the same pass and
     returned, so reductions over the same blocks cost no second computation.
     All targets are replaced atomically.
     """
-    targets = {Path(p): a for p, a in outputs.items()}
+    urls = {str(p): a for p, a in outputs.items() if is_url(p)}
+    if urls:
+        return _write_urls(urls, {p: a for p, a in outputs.items() if not is_url(p)}, grid, extra, source)
+    targets = {Path(local_path(p)): a for p, a in outputs.items()}
     if not targets:
         return dask.compute(extra)[0] if extra is not None else None
     parent = next(iter(targets)).parent
