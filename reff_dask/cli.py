@@ -80,6 +80,39 @@ def _bsettings(args, resolution: float):
                            args.sigma_min, args.residue_average)
 
 
+def _ensemble_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ensemble (the model's B column gives the widths: B = 8 pi^2 sigma^2)")
+    g.add_argument("--k-ens", type=float, default=1000.0, help="ensemble force constant (Eq. 14), kJ/mol A^3 "
+                                                               "(default 1000)")
+    g.add_argument("--k-dens", type=float, default=None, help="density force, kJ/mol per atom per map sd")
+    g.add_argument("--max-members", type=int, default=40, help="members at most (default 40)")
+    g.add_argument("--min-members", type=int, default=3, help="members at least (default 3)")
+    g.add_argument("--patience", type=int, default=3,
+                   help="stop after this many members without a better ensemble CCC (default 3)")
+    g.add_argument("--minimise-iterations", type=int, default=200, help="L-BFGS iterations per minimisation")
+    g.add_argument("--md-steps", type=int, default=0,
+                   help="MD steps (0.1 fs) with the forces on between the minimisations (paper: 2000; default 0)")
+    g.add_argument("--member-width", choices=["resolution", "model"], default="resolution",
+                   help="widths of the members' simulated maps: uniform from the resolution (default) or "
+                        "the model's B")
+    g.add_argument("--forcefield", default="amber14", help="amber14 (default) or charmm36")
+    g.add_argument("--implicit", default="default", help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
+    g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
+    g.add_argument("--seed", type=int, default=1, help="random seed of the sampling (default 1)")
+
+
+def _ensemble_settings(args):
+    from .ensemble import EnsembleSettings
+
+    s = EnsembleSettings(args.resolution, k_ens=args.k_ens, max_members=args.max_members,
+                         min_members=args.min_members, patience=args.patience,
+                         minimise_iterations=args.minimise_iterations, md_steps=args.md_steps,
+                         member_width=args.member_width, seed=args.seed, platform=args.platform)
+    if args.k_dens is not None:
+        s.k_dens = args.k_dens
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="reff-dask", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -141,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--contour", type=float, help="also report the CCC over map voxels >= this level")
     sc.add_argument("--loqfit-cap", type=float, default=18.0, help="upper limit on LoQFit in A (default 18)")
     _cluster_args(sc)
+
+    en = sub.add_parser("ensemble", help="ensemble of models sampled from a refined model's B-factors, "
+                                         "with its ensemble map, RMSF and CCCs")
+    _map_model_args(en)
+    _ensemble_args(en)
+    _cluster_args(en)
 
     c = sub.add_parser("convert", help="convert an MRC/CCP4 map (plain or .gz) into a chunked Zarr store")
     c.add_argument("map")
@@ -209,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
             settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour)
             with dask_client(**_cluster_kw(args)):
                 score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
+            return 0
+        if args.command == "ensemble":
+            from .jobs import ensemble
+
+            implicit = None if args.implicit.lower() == "none" else args.implicit
+            with dask_client(**_cluster_kw(args)):
+                ensemble.run(args.map, args.model, args.resolution, args.outdir, _ensemble_settings(args),
+                             args.forcefield, implicit, args.chunks)
             return 0
     except InputError as e:
         print(f"reff-dask {args.command}: error: {e}", file=sys.stderr)
