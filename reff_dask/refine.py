@@ -55,6 +55,7 @@ class RefineSettings:
 @dataclass
 class RefineResult:
     xyz: np.ndarray              # best-CCC input-atom positions (A)
+    particles: np.ndarray        # best-CCC positions of all MD particles (A), added H included
     state: GMMState              # mixture (widths in A, scale, noise) at the best iteration
     ccc_start: float
     ccc_best: float
@@ -80,19 +81,22 @@ class ChainRunner:
             self._home = {c: workers[i % len(workers)] for i, c in enumerate(prepared.chains)}
 
     def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
-            preset: str | None = None) -> np.ndarray:
-        """New positions of all MD particles (A) after one segment of every chain."""
+            preset: str | None = None, chains: list | None = None) -> np.ndarray:
+        """New positions of all MD particles (A) after one segment of every chain
+        (``chains``: default every chain, one task each; [None]: the whole model in one task)."""
+        chains = self.prepared.chains if chains is None else chains
         s = self.settings
         kw = dict(run_id=self.run_id, iteration=iteration, seed=s.seed, preset=preset or s.preset,
                   k_gmm=s.k_gmm, neighbour_cutoff_A=s.neighbour_cutoff_A, steps=s.steps if not preset else None,
                   platform=s.platform, threads=s.threads)
         if self.client is None:
             results = [run_chain_segment(self.prepared, c, particles, targets, widths, **kw)
-                       for c in self.prepared.chains]
+                       for c in chains]
         else:
             futs = [self.client.submit(run_chain_segment, self._prepared, c, particles, targets, widths,
-                                       workers=[self._home[c]], allow_other_workers=True, pure=False, **kw)
-                    for c in self.prepared.chains]
+                                       workers=[self._home.get(c, self._home[self.prepared.chains[0]])],
+                                       allow_other_workers=True, pure=False, **kw)
+                    for c in chains]
             results = self.client.gather(futs)
         out = particles.copy()
         for r in results:
@@ -123,6 +127,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         particles, xyz = arr["particles"], arr["xyz"]
         state = GMMState(arr["sigma"], float(arr["scale"]), float(arr["noise"]))
         best = {"ccc": meta["best_ccc"], "iteration": meta["best_iteration"], "xyz": arr["best_xyz"],
+                "particles": arr["best_particles"],
                 "state": GMMState(arr["best_sigma"], meta["best_scale"], meta["best_noise"])}
         history, first, ccc0 = meta["history"], meta["iteration"] + 1, meta["ccc_start"]
     else:
@@ -132,7 +137,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t0 = time.perf_counter()
         ccc0, _ = model_ccc(m, xyz, weight, s_uniform)
         t_gmm += time.perf_counter() - t0
-        best = {"ccc": ccc0, "iteration": 0, "xyz": xyz.copy(), "state": state}
+        best = {"ccc": ccc0, "iteration": 0, "xyz": xyz.copy(), "particles": particles.copy(), "state": state}
         history, first = [], 1
     runner = ChainRunner(prepared, s, run_id=f"refine-{id(prepared)}")
     for it in range(first, s.max_iterations + 1):
@@ -149,7 +154,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t_gmm += (t1 - t0) + (t3 - t2)
         t_md += t2 - t1
         if ccc > best["ccc"] + s.min_improvement:
-            best = {"ccc": ccc, "iteration": it, "xyz": xyz.copy(), "state": state}
+            best = {"ccc": ccc, "iteration": it, "xyz": xyz.copy(), "particles": particles.copy(), "state": state}
         row = {"iteration": it, "ccc": ccc, "ccc_mask": ccc_mask, "ccc_model_widths": es.ccc,
                "noise": state.noise, "shift_rms_A": float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, 1)))),
                "gmm_seconds": (t1 - t0) + (t3 - t2), "md_seconds": t2 - t1}
@@ -159,23 +164,25 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         if outdir is not None:
             checkpoint.save(outdir, {"particles": particles, "xyz": xyz, "sigma": state.sigma,
                                      "scale": np.array(state.scale), "noise": np.array(state.noise),
-                                     "best_xyz": best["xyz"], "best_sigma": best["state"].sigma},
+                                     "best_xyz": best["xyz"], "best_particles": best["particles"],
+                                     "best_sigma": best["state"].sigma},
                             {"run": run_meta, "iteration": it, "best_ccc": best["ccc"],
                              "best_scale": best["state"].scale, "best_noise": best["state"].noise,
                              "best_iteration": best["iteration"], "history": history, "ccc_start": ccc0})
     total = time.perf_counter() - t_start
     # wall time of this process (a resumed run counts only its own part)
     timing = {"gmm_seconds": t_gmm, "md_seconds": t_md, "overhead_seconds": max(total - t_gmm - t_md, 0.0)}
-    return RefineResult(best["xyz"], best["state"], ccc0, best["ccc"], best["iteration"], history, timing)
+    return RefineResult(best["xyz"], best["particles"], best["state"], ccc0, best["ccc"], best["iteration"], history, timing)
 
 
-def minimise(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMState, prepared: PreparedModel,
+def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: PreparedModel,
              settings: RefineSettings) -> np.ndarray:
-    """Final energy minimisation of every chain with the GMM targets at ``xyz``; returns positions (A)."""
+    """Final energy minimisation of the whole model (all chains mobile together) from the best
+    model of ``result``, with the GMM targets at its positions; returns input-atom positions (A)."""
+    xyz, state = result.xyz, result.state
     sigma_min = settings.sigma_min if settings.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
     _, _, targets = em_iteration(m, xyz, weight, state, sigma_min, settings.sigma_max)
-    particles = prepared.positions_A.copy()
-    particles[prepared.atom_map[prepared.atom_map >= 0]] = xyz[prepared.atom_map >= 0]
+    particles = result.particles.copy()
     runner = ChainRunner(prepared, settings, run_id=f"minimise-{id(prepared)}")
-    particles = runner.run(particles, targets, state.sigma, iteration=10**6, preset="minimise")
+    particles = runner.run(particles, targets, state.sigma, iteration=10**6, preset="minimise", chains=[None])
     return prepared.input_positions_A(particles, xyz)

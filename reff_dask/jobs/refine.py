@@ -18,6 +18,8 @@ from ..md.clashes import count_clashes
 from ..md.prepare import prepare_model
 from ..plots import refine_plot
 from ..refine import RefineSettings, minimise, refine_positions
+from ..scores import score_models
+from .score import _nan_to_none, write_outputs
 from .inputs import load_inputs
 
 
@@ -69,7 +71,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     result = refine_positions(m, atoms.xyz, atoms.weight, state, prepared, settings, outdir=out,
                               run_meta=run_meta, resume=resume, progress=_progress)
     t0 = time.perf_counter()
-    xyz_min = minimise(m, result.xyz, atoms.weight, result.state, prepared, settings)
+    xyz_min = minimise(m, result, atoms.weight, prepared, settings)
     ccc_min, _ = model_ccc(m, xyz_min, atoms.weight, uniform_sigma(resolution))
     t_min = time.perf_counter() - t0
     final_xyz, final_label = (xyz_min, "minimised") if ccc_min >= result.ccc_best else (result.xyz, "best MD")
@@ -82,6 +84,14 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     clashes_before = count_clashes(st)
     clashes_after = count_clashes(refined)
     models = write_structure(refined, out / "model_refined")
+    t0 = time.perf_counter()
+    table = score_models(m, {"start": st, "refined": refined}, resolution)
+    score_files = write_outputs(table, out)
+    scores = table.summary()
+    t_scores = time.perf_counter() - t0
+    for c, v in scores["chain_means"].items():
+        _say(f"chain {c}: SMOCf {v['start']['smocf']:.3f} -> {v['refined']['smocf']:.3f}, "
+             f"LoQFit {v['start']['loqfit']:.2f} -> {v['refined']['loqfit']:.2f} A (mean)")
     refine_plot(result.history, b_hist, out / "refine.png")
     report = {
         "command": "refine", "map": str(map_path), "model": str(model_path), "resolution": resolution,
@@ -91,14 +101,15 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "ccc_minimised": ccc_min, "ccc_final": ccc_final, "final_model": final_label,
         "clashes_before": clashes_before, "clashes_after": clashes_after,
         "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, atoms.xyz, final_xyz),
+        "scores_per_chain": scores["chain_means"], "scores": scores["model_means"],
         "bfactor_stage": b_hist, "iterations": result.history,
         "settings": {"refine": settings.__dict__, "bfactor": bfactor_settings.__dict__,
                      "forcefield": forcefield, "implicit": str(implicit)},
         "wall_seconds": {"total": time.perf_counter() - t_start, "prepare": t_prepare, "bfactor_stage": t_bstage,
-                         "minimise": t_min, **result.timing},
-        "outputs": [p.name for p in models] + ["refine.png", "report.json", checkpoint.NAME],
+                         "minimise": t_min, "scores": t_scores, **result.timing},
+        "outputs": [p.name for p in models] + score_files + ["refine.png", "report.json", checkpoint.NAME],
     }
-    write_text(out / "report.json", json.dumps(report, indent=1, default=float))
+    write_text(out / "report.json", json.dumps(_nan_to_none(report), indent=1, default=float))
     _say(f"wrote {out}/")
     return report
 

@@ -1,11 +1,17 @@
 """Steric clash counter (distances in Angstrom).
 
 A clash is a pair of atoms closer than ``overlap_A`` (0.4 A, MolProbity's
-threshold) below their van der Waals contact distance r_i + r_j (gemmi's vdW
-radii), unless they are within ``max_bond_separation`` covalent bonds
+threshold) below their van der Waals contact distance r_i + r_j, unless they are within ``max_bond_separation`` covalent bonds
 (default 3: bonded, 1-3 and 1-4 pairs are never clashes).  Donor/acceptor
 pairs may come closer: N/O...N/O by ``HBOND_ALLOWANCE_A`` (0.5 A) and a
 hydrogen on N/O ...N/O by ``HBOND_H_ALLOWANCE_A`` (0.8 A), as in an H-bond.
+
+Radii are those of MolProbity's Probe (Word et al. 1999, J Mol Biol 285:1711), the
+radii MolProbity's clashscore is defined with: C 1.70 (carbonyl/carboxyl/amide C
+1.65), N 1.55, O 1.40, S and P 1.80, H 1.17 (polar H 1.00); other elements take
+gemmi's van der Waals radius.  (Bondi's O radius, 1.52 A, would flag every
+backbone O(i)...C(i+1) contact shorter than 2.82 A, which ordinary peptide
+geometry reaches.)
 
 Covalent bonds are inferred, not read from a dictionary:
 * within a residue: r_cov_i + r_cov_j + 0.45 A >= d >= 0.6 (r_cov_i + r_cov_j)
@@ -28,6 +34,11 @@ import numpy as np
 __all__ = ["Clash", "ClashReport", "find_clashes", "count_clashes"]
 
 HBOND_ALLOWANCE_A = 0.5
+PROBE_RADII_A = {"C": 1.70, "N": 1.55, "O": 1.40, "S": 1.80, "P": 1.80, "H": 1.17, "D": 1.17}
+CARBONYL_C_A = 1.65
+POLAR_H_A = 1.00
+#: trigonal carbons bonded to O (backbone C, side-chain carboxyl/amide C)
+_CARBONYL = {("*", "C"), ("ASP", "CG"), ("ASN", "CG"), ("GLU", "CD"), ("GLN", "CD")}
 HBOND_H_ALLOWANCE_A = 0.8
 _POLYMER = {
     "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS",
@@ -141,7 +152,10 @@ def find_clashes(
         raise ValueError(f"positions_A has {len(positions_A)} rows for {n} atoms")
     el = [a.element for a in atoms]
     is_h = np.array([e.is_hydrogen for e in el])
-    vdw = np.array([e.vdw_r for e in el])
+    vdw = np.array([PROBE_RADII_A.get(e.name, e.vdw_r) for e in el])
+    for k, (rn, an) in enumerate(zip(res_name, names)):
+        if el[k].name == "C" and rn in _POLYMER and (("*", an) in _CARBONYL or (rn, an) in _CARBONYL):
+            vdw[k] = CARBONYL_C_A
     cov = np.array([e.covalent_r for e in el])
     metal = np.array([e.is_metal for e in el])
     polar = np.array([e.name in ("N", "O") for e in el])
@@ -169,6 +183,7 @@ def find_clashes(
     polar_h = np.zeros(n, dtype=bool)
     for i in np.flatnonzero(is_h):
         polar_h[i] = any(polar[j] for j in adj.get(int(i), ()))
+    vdw[polar_h] = POLAR_H_A
 
     report = ClashReport(n_atoms=int(n if include_hydrogens else (~is_h).sum()))
     near_cache: dict[int, set[int]] = {}

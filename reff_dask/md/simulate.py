@@ -127,7 +127,9 @@ class ChainSimulation:
     Parameters
     ----------
     prepared : the full model from :func:`reff_dask.md.prepare.prepare_model`.
-    chain : input chain name.
+    chain : input chain name, or None for the whole model (every particle
+        mobile; used for the final minimisation, where chains relaxed one by
+        one against fixed neighbours could move into the same space).
     positions_A : (n_particles, 3) positions of all MD particles, A (default:
         ``prepared.positions_A``); chooses the neighbours and sets the start.
     preset : name in :data:`PRESETS` or an :class:`MDPreset`.
@@ -144,7 +146,7 @@ class ChainSimulation:
     row order of :meth:`run`'s result), ``system``, ``gmm_force``.
     """
 
-    def __init__(self, prepared: PreparedModel, chain: str, positions_A: np.ndarray | None = None,
+    def __init__(self, prepared: PreparedModel, chain: str | None, positions_A: np.ndarray | None = None,
                  *, preset: str | MDPreset = "fast", k_gmm: float = DEFAULT_K_GMM,
                  neighbour_cutoff_A: float = 10.0, platform: str | None = None,
                  threads: int | None = None, seed: int = 1) -> None:
@@ -157,10 +159,14 @@ class ChainSimulation:
         pos = prepared.positions_A if positions_A is None else np.asarray(positions_A, float)
         if pos.shape != (prepared.n_particles, 3):
             raise ValueError(f"positions must be ({prepared.n_particles}, 3) A")
-        self.mobile = prepared.chain_particles(chain)
+        if chain is None:  # the whole model, all particles mobile
+            self.mobile = np.arange(prepared.n_particles)
+            self.fixed = np.zeros(0, dtype=np.int64)
+        else:
+            self.mobile = prepared.chain_particles(chain)
+            self.fixed = neighbour_particles(prepared, chain, pos, self.neighbour_cutoff_A)
         if len(self.mobile) == 0:
             raise ValueError(f"chain {chain!r} has no simulated particles")
-        self.fixed = neighbour_particles(prepared, chain, pos, self.neighbour_cutoff_A)
         self.subset = np.union1d(self.mobile, self.fixed)
         is_mobile = np.isin(self.subset, self.mobile)
         self._mobile_sub = np.flatnonzero(is_mobile)          # sub indices of mobile
@@ -366,7 +372,7 @@ def clear_cache(run_id: str | None = None) -> None:
 
 def run_chain_segment(
     prepared: PreparedModel,
-    chain: str,
+    chain: str | None,
     positions_A: np.ndarray,
     targets_A: np.ndarray,
     widths_A: np.ndarray | float,
@@ -404,7 +410,8 @@ def run_chain_segment(
             hit = _CACHE.get(key)
         if hit is not None and hit[0] == settings:
             cand = hit[1]
-            fixed_now = neighbour_particles(prepared, chain, positions_A, neighbour_cutoff_A)
+            fixed_now = (cand.fixed if chain is None else
+                         neighbour_particles(prepared, chain, positions_A, neighbour_cutoff_A))
             if np.array_equal(fixed_now, cand.fixed):
                 sim = cand
     rebuilt = sim is None
