@@ -68,6 +68,7 @@ __all__ = [
     "make_member_inputs",
     "run_member",
     "grow_ensemble",
+    "relaxed_single",
     "rmsf",
     "ENS_ENERGY",
 ]
@@ -94,7 +95,7 @@ class EnsembleSettings:
 
     resolution: float
     k_ens: float = 1000.0
-    k_dens: float = 20.0
+    k_dens: float = 100.0
     sigma_floor: float = 0.25
     minimise_iterations: int = 200
     minimise_tolerance: float = 10.0
@@ -111,8 +112,11 @@ class EnsembleSettings:
     threads: int | None = 1
     in_flight: int | None = None
     density_margin_A: float = 8.0
+    anchor: str = "minimised"
 
     def check(self) -> None:
+        if self.anchor not in ("sample", "minimised"):
+            raise ValueError(f"anchor must be 'sample' or 'minimised', not {self.anchor!r}")
         if self.member_width not in ("resolution", "model"):
             raise ValueError(f"member_width must be 'resolution' or 'model', not {self.member_width!r}")
         if self.max_members < 1 or self.min_members < 1 or self.patience < 1:
@@ -151,6 +155,15 @@ class MemberInputs:
     shift_sigma: np.ndarray
     restrained: np.ndarray
     settings: EnsembleSettings
+    bonds: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    bond_r0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def bond_rmsd(self, particles: np.ndarray) -> float:
+        """RMS deviation (A) of heavy-atom bond lengths from the force field's r0."""
+        if not len(self.bonds):
+            return float("nan")
+        d = np.linalg.norm(particles[self.bonds[:, 0]] - particles[self.bonds[:, 1]], axis=1)
+        return float(np.sqrt(np.mean((d - self.bond_r0) ** 2)))
 
     def input_positions(self, particles: np.ndarray) -> np.ndarray:
         out = self.base_input.copy()
@@ -250,8 +263,18 @@ def make_member_inputs(prepared: PreparedModel, m: Map, xyz: np.ndarray, sigma: 
     h.update(prepared.fingerprint.encode())
     h.update(repr((asdict(settings), map_mean, map_std, m.path, m.grid)).encode())
     base_input = xyz.copy()
+    mass = np.array([prepared.system.getParticleMass(i).value_in_unit(unit.dalton)
+                     for i in range(prepared.n_particles)])
+    bonds, r0 = [], []
+    for f in prepared.system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            for b in range(f.getNumBonds()):
+                i, j, length, _k = f.getBondParameters(b)
+                if mass[i] > 1.5 and mass[j] > 1.5:
+                    bonds.append((i, j))
+                    r0.append(length.value_in_unit(unit.angstrom))
     return MemberInputs(h.hexdigest(), system, particles, base_input, prepared.atom_map.copy(), parent,
-                        shift, restrained, settings)
+                        shift, restrained, settings, np.array(bonds, np.int64).reshape(-1, 2), np.array(r0))
 
 
 # ------------------------------------------------------------------ one member (a task)
@@ -325,20 +348,23 @@ def _energy(ctx: openmm.Context) -> float:
     return ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
 
-def run_member(inp: MemberInputs, index: int) -> MemberResult:
-    """Make ensemble member ``index``: sample, minimise, ensemble + density forces, (MD), minimise."""
+def run_member(inp: MemberInputs, index: int, perturb: bool = True) -> MemberResult:
+    """Make ensemble member ``index``: sample, minimise, ensemble + density forces, (MD), minimise.
+
+    With ``perturb=False`` the same protocol runs from the refined model itself (a control:
+    what the forces alone do to one model)."""
     t0 = time.perf_counter()
     s = inp.settings
     seed = member_seed(s.seed, index)
     ctx, integ, ens = _context(inp, seed)
     tol = s.minimise_tolerance * unit.kilojoule_per_mole / unit.nanometer
-    sample = sample_particles(inp, index)
+    sample = sample_particles(inp, index) if perturb else inp.base_particles.copy()
     ctx.setParameter("ens_on", 0.0)
     ctx.setParameter("k_dens", 0.0)
     ctx.setPositions(sample / 10.0)
     e_sample = _energy(ctx)
     openmm.LocalEnergyMinimizer.minimize(ctx, tol, s.minimise_iterations)
-    anchors = _positions_A(ctx)
+    anchors = sample if s.anchor == "sample" else _positions_A(ctx)
     e_min1 = _energy(ctx)
     for j, p in enumerate(inp.restrained):
         _, params = ens.getParticleParameters(j)
@@ -357,6 +383,7 @@ def run_member(inp: MemberInputs, index: int) -> MemberResult:
     stats = {"energy_sampled": e_sample, "energy_minimised": e_min1, "energy_final": e_final,
              "rms_from_refined_A": float(moved),
              "rms_final_from_sample_A": float(np.sqrt(np.mean(np.sum((final - sample) ** 2, axis=1)))),
+             "bond_rmsd_A": inp.bond_rmsd(final), "bond_rmsd_refined_A": inp.bond_rmsd(inp.base_particles),
              "seconds": time.perf_counter() - t0}
     return MemberResult(int(index), xyz, stats)
 
@@ -450,7 +477,7 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
     if client is not None:
         n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
         ahead = s.in_flight or 2 * n_workers
-        shared = client.scatter(inp, broadcast=True, hash=False)
+        shared = _on_workers(client, inp)
 
         def submit(k):
             if k < s.max_members and k not in futures:
@@ -501,6 +528,29 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
               "members_evaluated": len(members), "members_per_minute": 60.0 * len(members) / wall if wall else None}
     return EnsembleResult(members[:best["size"]], best["sum"], best["ccc"], best["ccc_mask"], history,
                           len(members), timing)
+
+
+_SCATTERED: dict[tuple[int, str], object] = {}
+
+
+def _on_workers(client, inp: MemberInputs):
+    """``inp`` scattered to every worker once per client (a future)."""
+    key = (id(client), inp.token)
+    fut = _SCATTERED.get(key)
+    if fut is None or fut.status != "finished":
+        fut = client.scatter(inp, broadcast=True, hash=False)
+        _SCATTERED.clear()
+        _SCATTERED[key] = fut
+    return fut
+
+
+def relaxed_single(inp: MemberInputs) -> MemberResult:
+    """The member protocol run on the refined model without perturbation (a Dask task when a client
+    is active): the single-model control for the ensemble's CCC."""
+    client = _client()
+    if client is None:
+        return run_member(inp, -1, perturb=False)
+    return client.submit(run_member, _on_workers(client, inp), -1, perturb=False, pure=False).result()
 
 
 # ------------------------------------------------------------------ RMSF

@@ -13,7 +13,8 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from ..ensemble import EnsembleSettings, ccc_box_mask, fit_to_map, grow_ensemble, make_member_inputs, member_map, rmsf
+from ..ensemble import (EnsembleSettings, ccc_box_mask, fit_to_map, grow_ensemble, make_member_inputs, member_map,
+                        relaxed_single, rmsf)
 from ..errors import InputError
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
@@ -120,6 +121,11 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     ccc_single_b = ccc_box_mask(m, member_map(m, atoms.xyz, atoms.weight, sigma), mask)
     _say(f"single model: CCC {ccc_single_u[0]:.4f} (uniform width {s_u:.2f} A), {ccc_single_b[0]:.4f} (its B)")
 
+    control = relaxed_single(member_inputs)
+    ccc_relaxed = ccc_box_mask(m, member_map(m, control.xyz, atoms.weight,
+                                             s_u if settings.member_width == "resolution" else sigma), mask)
+    _say(f"single model relaxed by the same protocol without perturbation: CCC {ccc_relaxed[0]:.4f} "
+         f"({control.stats['seconds']:.1f} s)")
     result = grow_ensemble(m, member_inputs, atoms.weight, sigma, mask, progress=_progress)
     n = result.size
     xyz = result.xyz()
@@ -139,7 +145,8 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     r = np.array([row["rmsf_A"] for row in rows])
     b = np.array([row["b_A2"] for row in rows])
     ensemble_plot(result.history, {"single model, uniform width": ccc_single_u[0],
-                                   "single model, its B-factors": ccc_single_b[0]}, n, rows,
+                                   "single model, its B-factors": ccc_single_b[0],
+                                   "single model relaxed (no sampling)": ccc_relaxed[0]}, n, rows,
                   out / "ensemble.png", member_width=settings.member_width)
     report = {
         "command": "ensemble", "map": str(map_path), "model": str(model_path), "resolution": resolution,
@@ -149,6 +156,8 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "ccc_ensemble": result.ccc, "ccc_ensemble_mask": result.ccc_mask,
         "ccc_single_uniform": ccc_single_u[0], "ccc_single_uniform_mask": ccc_single_u[1],
         "ccc_single_model_b": ccc_single_b[0], "ccc_single_model_b_mask": ccc_single_b[1],
+        "ccc_single_relaxed": ccc_relaxed[0], "ccc_single_relaxed_mask": ccc_relaxed[1],
+        "single_relaxed_stats": control.stats,
         "ccc_members": [h["ccc_member"] for h in result.history[:n]],
         "ccc_definition": ("Pearson CCC with the experimental map over the whole box (as model_ccc / score's "
                            "ccc_box); _mask: over voxels within 4 sigma (uniform width) of the refined model's "
@@ -166,6 +175,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     }
     write_text(out / "report.json", json.dumps(report, indent=1, default=float))
     _say(f"ensemble of {n} (of {result.evaluated} made): CCC {result.ccc:.4f} vs single model "
-         f"{ccc_single_u[0]:.4f} (uniform) / {ccc_single_b[0]:.4f} (its B); RMSF-B (CA) Pearson "
+         f"{ccc_single_u[0]:.4f} (uniform) / {ccc_single_b[0]:.4f} (its B) / {ccc_relaxed[0]:.4f} (relaxed); "
+         "RMSF-B (CA) Pearson "
          f"{report['rmsf_vs_b_ca']['pearson']:.2f}; wrote {out}/")
     return report
