@@ -336,6 +336,8 @@ def _context(inp: MemberInputs, seed: int):
     out = (ctx, integ, ens)
     if s.md_steps <= 0:
         with _LOCK:
+            for old in [k for k in _CACHE if k[0] != inp.token]:  # one job's simulations at a time
+                del _CACHE[old]
             _CACHE[key] = out
     return out
 
@@ -501,7 +503,7 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
         members.append(res)
         y = member_map(m, res.xyz, weight, width)
         total = y if total is None else total + y
-        total = total.persist()
+        total, y = dask.persist(total, y)  # each member map is made once
         x = m.data.astype(np.float64)
         sums = dask.compute(_pearson_sums(x, y.astype(np.float64)), _pearson_sums(x, total.astype(np.float64)),
                             _pearson_sums(x, total.astype(np.float64), mask))
