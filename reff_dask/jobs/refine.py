@@ -74,10 +74,9 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     xyz_min = minimise(m, result, atoms.weight, prepared, settings)
     ccc_min, _ = model_ccc(m, xyz_min, atoms.weight, uniform_sigma(resolution))
     t_min = time.perf_counter() - t0
-    final_xyz, final_label = (xyz_min, "minimised") if ccc_min >= result.ccc_best else (result.xyz, "best MD")
-    ccc_final = max(ccc_min, result.ccc_best)
+    final_xyz, final_label, ccc_final = xyz_min, "best MD, minimised", ccc_min
     _say(f"CCC {result.ccc_start:.4f} -> {result.ccc_best:.4f} (best MD, iteration {result.best_iteration}), "
-         f"{ccc_min:.4f} after minimisation; keeping {final_label}")
+         f"{ccc_min:.4f} after the final minimisation")
 
     b_final = sigma_to_b(result.state.sigma)
     refined = updated_structure(st, xyz=final_xyz, b_iso=b_final)
