@@ -19,7 +19,7 @@ def ensemble_plot(history: list[dict], single: dict[str, float], kept: int, rows
     Right: per-residue CA RMSF against the refined B."""
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
     size = [h["size"] for h in history]
-    ax[0].plot(size, [h["ccc_ensemble"] for h in history], "o-", ms=3, color="C3", label="ensemble map")
+    ax[0].plot(size, [h["ccc_ensemble"] for h in history], "o-", ms=3, color="k", label="ensemble map")
     ax[0].plot(size, [h["ccc_member"] for h in history], "_", ms=10, color="C0", label="member alone")
     for k, (label, v) in enumerate(single.items()):
         ax[0].axhline(v, ls="--", lw=1, color=f"C{k + 1}", label=label)
