@@ -53,3 +53,43 @@ def shared_case():
         return p
 
     return get
+
+
+@pytest.fixture
+def process_cluster(tmp_path):
+    """A real multi-process Dask cluster on localhost: `dask scheduler` and two `dask worker`
+    processes (one thread each), started as separate programs; yields the scheduler address."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client
+
+    sfile = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+                               "--scheduler-file", str(sfile)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(300):
+            if sfile.exists() and sfile.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(sfile.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                           "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                                           "--local-directory", str(tmp_path)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(address, timeout=60) as c:
+            c.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -95,9 +95,9 @@ def test_displaced_helix_is_pulled_back(real_map, real_structure):
     assert rmsd1 < 0.5 * rmsd0, (rmsd0, rmsd1)
 
 
-def test_cluster_and_resume_give_the_same_model(real_map, real_structure, tmp_path):
-    """Two chains on a 2-worker multi-process cluster == in-process; a run resumed from its
-    checkpoint == an unbroken run with the same seed."""
+def test_cluster_and_resume_give_the_same_model(real_map, real_structure, tmp_path, process_cluster):
+    """Two chains on a real cluster (scheduler and 2 workers as separate processes) ==
+    in-process; a run resumed from its checkpoint == an unbroken run with the same seed."""
     from reff_dask.cluster import dask_client
 
     st = _piece(real_structure, {"A": (1, 40), "B": (1, 40)})
@@ -105,7 +105,8 @@ def test_cluster_and_resume_give_the_same_model(real_map, real_structure, tmp_pa
     prepared = prepare_model(st, implicit=None)
     settings = RefineSettings(3.2, max_iterations=4, patience=10, **FAST)
     plain = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
-    with dask_client(workers=2):
+    with dask_client(scheduler=process_cluster) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
         dist = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
     np.testing.assert_allclose(dist.xyz, plain.xyz, atol=1e-4)
     assert [h["ccc"] for h in dist.history] == pytest.approx([h["ccc"] for h in plain.history], abs=1e-6)
