@@ -41,7 +41,6 @@ def test_worker_killed_mid_refinement_same_result(map_path, real_atoms):
     cluster, client = _cluster()
     try:
         ref = _bfactor_run(map_path, real_atoms)
-        client.restart()
         pids = client.run(os.getpid)
         victim = sorted(pids.values())[0]
         killed = threading.Event()
@@ -69,9 +68,8 @@ def test_worker_killed_mid_refinement_same_result(map_path, real_atoms):
 def _small_model(model_path, tmp_path):
     st = gemmi.read_structure(str(model_path))
     st.setup_entities()
-    for ch in list(st[0]):
-        if ch.name != "A":
-            st[0].remove_chain(ch.name)
+    for name in {ch.name for ch in st[0]} - {"A"}:
+        st[0].remove_chain(name)
     ch = st[0]["A"]
     for i in reversed(range(len(ch))):
         if ch[i].seqid.num > 40 or gemmi.find_tabulated_residue(ch[i].name) is None or not gemmi.find_tabulated_residue(ch[i].name).is_amino_acid():
@@ -83,8 +81,8 @@ def _small_model(model_path, tmp_path):
 
 def _refine_cmd(map_path, model, out):
     return [sys.executable, "-m", "reff_dask.cli", "refine", "-m", str(map_path), "-p", str(model), "-r", "3.2",
-            "-o", str(out), "--preset", "fast", "--steps", "20", "--implicit", "none", "--max-iterations", "3",
-            "--residue-iterations", "10", "--iterations", "3", "--workers", "1", "--chunks", "50"]
+            "-o", str(out), "--preset", "fast", "--steps", "20", "--implicit", "none", "--max-iterations", "2",
+            "--residue-iterations", "5", "--iterations", "1", "--workers", "1", "--chunks", "50"]
 
 
 def test_refine_sigkill_then_resume_same_model(map_path, model_path, tmp_path):
@@ -109,7 +107,7 @@ def test_refine_sigkill_then_resume_same_model(map_path, model_path, tmp_path):
     assert all(not n.endswith(".part") for n in leftovers), leftovers  # nothing half-written under a real name
     with np.load(ckpt) as z:
         done = json.loads(str(z["meta"]))["iteration"]
-    assert done < 3
+    assert done < 2
 
     r = subprocess.run(_refine_cmd(map_path, model, cut) + ["--resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -119,4 +117,4 @@ def test_refine_sigkill_then_resume_same_model(map_path, model_path, tmp_path):
     xb = np.array([at.pos.tolist() for res in b[0]["A"] for at in res])
     np.testing.assert_allclose(xb, xa, atol=2e-3)  # PDB precision
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (full, cut))
-    assert [h["ccc"] for h in rb["iterations"]] == pytest.approx([h["ccc"] for h in ra["iterations"]], abs=1e-9)
+    assert [h["ccc"] for h in rb["iterations"]] == pytest.approx([h["ccc"] for h in ra["iterations"]], abs=1e-6)  # OpenMM CPU sums are not bitwise reproducible
