@@ -11,48 +11,9 @@ sum to at most 1.
 
 from __future__ import annotations
 
-import math
-
-import numba
 import numpy as np
 
-from .kernels import KCUT, _span
-
-
-@numba.njit(cache=True, nogil=True)
-def component_density(shape, start, origin, voxel, xyz, sigma, amp, comp, kcut, out):
-    """Add atom a's truncated Gaussian into ``out[comp[a]]`` (float32 ``[c, z, y, x]``).
-
-    Same geometry as :func:`reff_dask.gmm.kernels.density`: ``start`` is the block's global
-    (z, y, x) index, ``origin``/``voxel`` are (x, y, z) in Angstrom; ``amp`` is the peak
-    density per voxel (map units); atoms are added in the order given, so every chunking
-    that passes atoms in ascending index order gives bitwise the same sums.
-    """
-    nz, ny, nx = shape
-    for a in range(xyz.shape[0]):
-        c = comp[a]
-        s = sigma[a]
-        r = kcut * s
-        r2 = r * r
-        inv = 0.5 / (s * s)
-        am = amp[a]
-        ax, ay, az = xyz[a, 0], xyz[a, 1], xyz[a, 2]
-        ilo, ihi = _span(ax, r, origin[0], voxel[0], start[2], nx)
-        jlo, jhi = _span(ay, r, origin[1], voxel[1], start[1], ny)
-        klo, khi = _span(az, r, origin[2], voxel[2], start[0], nz)
-        for k in range(klo, khi + 1):
-            dz = origin[2] + (start[0] + k) * voxel[2] - az
-            dz2 = dz * dz
-            for j in range(jlo, jhi + 1):
-                dy = origin[1] + (start[1] + j) * voxel[1] - ay
-                dzy2 = dz2 + dy * dy
-                if dzy2 > r2:
-                    continue
-                for i in range(ilo, ihi + 1):
-                    dx = origin[0] + (start[2] + i) * voxel[0] - ax
-                    d2 = dzy2 + dx * dx
-                    if d2 <= r2:
-                        out[c, k, j, i] += am * math.exp(-d2 * inv)
+from .kernels import KCUT, density
 
 
 def component_block(shape, start, origin, voxel, atoms: np.ndarray, comp: np.ndarray, n_comp: int,
@@ -64,12 +25,20 @@ def component_block(shape, start, origin, voxel, atoms: np.ndarray, comp: np.nda
     """
     shape = tuple(int(s) for s in shape)
     out = np.zeros((int(n_comp),) + shape, dtype=np.float32)
-    if len(atoms):
-        component_density(shape, np.asarray(start, dtype=np.int64), np.asarray(origin, np.float64),
-                          np.asarray(voxel, np.float64), np.ascontiguousarray(atoms[:, :3], dtype=np.float64),
-                          np.ascontiguousarray(atoms[:, 3], dtype=np.float64),
-                          np.ascontiguousarray(atoms[:, 4], dtype=np.float64),
-                          np.ascontiguousarray(comp, dtype=np.int64), kcut, out)
+    scratch = np.empty(shape, dtype=np.float64)
+    mask = np.empty(shape, dtype=np.uint8)
+    start = np.asarray(start, dtype=np.int64)
+    origin, voxel = np.asarray(origin, np.float64), np.asarray(voxel, np.float64)
+    comp = np.asarray(comp)
+    for c in range(int(n_comp)):
+        rows = atoms[comp == c]  # atoms added in the order given (kernels.density)
+        if not len(rows):
+            continue
+        scratch[:] = 0.0
+        density(shape, start, origin, voxel, np.ascontiguousarray(rows[:, :3], dtype=np.float64),
+                np.ascontiguousarray(rows[:, 3], dtype=np.float64),
+                np.ascontiguousarray(rows[:, 4], dtype=np.float64), kcut, scratch, mask)
+        out[c] = scratch
     return out
 
 

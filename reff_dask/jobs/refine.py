@@ -16,6 +16,7 @@ from ..io.atomic import write_text
 from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..md.clashes import count_clashes
 from ..md.prepare import prepare_model
+from ..md.simulate import choose_platform
 from ..plots import refine_plot
 from ..refine import RefineSettings, minimise, refine_positions
 from ..scores import score_models
@@ -55,7 +56,12 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     if prepared.excluded:
         _say(f"kept fixed (no force-field parameters): {len(prepared.excluded)} residues, e.g. "
              + ", ".join(f"{e.chain}/{e.resname}{e.resnum}" for e in prepared.excluded[:6]))
-    _say(f"MD system: {prepared.n_particles} particles, chains {prepared.chains} ({t_prepare:.1f} s)")
+    platform = choose_platform(settings.platform)[0].getName()
+    _say(f"MD system: {prepared.n_particles} particles, chains {prepared.chains} ({t_prepare:.1f} s); "
+         f"OpenMM platform {platform}")
+    if implicit and platform == "CPU":
+        _say("note: implicit solvent on the CPU platform costs ~50x the steps of vacuum (BENCHMARKS.md); "
+             "on a machine without a GPU consider --implicit none or --preset fast")
     run_meta = {"map": str(Path(map_path).resolve()), "model": str(Path(model_path).resolve()),
                 "forcefield": forcefield, "implicit": str(implicit)}
     b_hist: list[dict] = []
@@ -102,6 +108,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, atoms.xyz, final_xyz),
         "scores_per_chain": scores["chain_means"], "scores": scores["model_means"],
         "bfactor_stage": b_hist, "iterations": result.history,
+        "openmm_platform": platform,
         "settings": {"refine": settings.__dict__, "bfactor": bfactor_settings.__dict__,
                      "forcefield": forcefield, "implicit": str(implicit)},
         "wall_seconds": {"total": time.perf_counter() - t_start, "prepare": t_prepare, "bfactor_stage": t_bstage,
