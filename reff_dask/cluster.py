@@ -14,9 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import dask
 from distributed import Client, LocalCluster
 
 from .errors import InputError
+
+#: Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker it spawns. That turns
+#: off glibc's dynamic mmap threshold, so every temporary array over 128 KiB is mmap'd and
+#: unmapped again and its pages are faulted in afresh on each use: on the real EMD-3488 case
+#: per-residue scoring took 3x the CPU time in a worker than in the client process
+#: (620k minor page faults per call vs 5k; BENCHMARKS.md). The embedded cluster drops the
+#: setting (glibc defaults, as in the client process); an explicit environment variable
+#: still wins.
+_WORKER_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 #: Cluster kinds ``--cluster`` accepts.
 KINDS = ("local", "slurm", "pbs")
@@ -145,7 +155,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     if cluster != "local":
         raise InputError(f"--cluster {cluster}", f"unknown cluster kind; choose one of {KINDS}")
     n = workers or min(os.cpu_count() or 1, 8)
-    with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=None, memory_limit=memory_limit or "auto",
-                      silence_logs=logging.ERROR) as local, Client(local) as client:
+    with dask.config.set(_WORKER_ENV), \
+            LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                         dashboard_address=None, memory_limit=memory_limit or "auto",
+                         silence_logs=logging.ERROR) as local, Client(local) as client:
         yield client

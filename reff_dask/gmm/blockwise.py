@@ -111,18 +111,24 @@ def _block_task(block, start, origin, voxel, table, idx, noise, with_moments):
 
 
 def _combine(parts, n_atoms, with_moments):
-    """Sum block results into (empty idx, dense (N, 6) moments, sums)."""
-    mom = np.zeros((n_atoms, K.N_MOMENTS)) if with_moments else None
+    """Sum block results into one sparse part: (sorted atom indices, their (n, 6) moments, sums).
+
+    Parts stay sparse up the tree (only the atoms that touch the subtree's chunks), so a
+    node's memory follows its chunks' atoms, not the whole model; :func:`estep` densifies
+    the root. Contributions are added per atom in part order, starting from 0, as a dense
+    accumulator would, so results do not change.
+    """
     sums = np.zeros(K.N_SUMS)
-    for idx, m, s in parts:
+    for _, _, s in parts:
         sums += s
-        if not with_moments:
-            continue
-        if len(idx):
-            np.add.at(mom, idx, m)  # one block: moments of its atoms only
-        elif m.shape[0] == n_atoms:
-            mom += m  # an already combined part
-    return np.zeros(0, dtype=np.int64), mom, sums
+    if not with_moments:
+        return np.zeros(0, dtype=np.int64), None, sums
+    idx = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
+    rows = np.concatenate([p[1] for p in parts]) if len(idx) else np.zeros((0, K.N_MOMENTS))
+    uniq, inv = np.unique(idx, return_inverse=True)
+    mom = np.zeros((len(uniq), K.N_MOMENTS))
+    np.add.at(mom, inv, rows)
+    return uniq, mom, sums
 
 
 def _tree_reduce(parts, n_atoms, with_moments):
@@ -153,8 +159,12 @@ def estep(m: Map, xyz: np.ndarray, sigma: np.ndarray, amp: np.ndarray, noise: fl
         parts.append(delayed(_block_task, pure=True)(blk, start, m.grid.origin, m.grid.voxel_size,
                                                      shared, plan[b], noise, with_moments))
     total = _tree_reduce(parts, n_atoms, with_moments)
-    _, mom, sums = dask.compute(total)[0]
-    return EStep(mom if with_moments else np.zeros((0, K.N_MOMENTS)), sums)
+    idx, part, sums = dask.compute(total)[0]
+    if not with_moments:
+        return EStep(np.zeros((0, K.N_MOMENTS)), sums)
+    mom = np.zeros((n_atoms, K.N_MOMENTS))
+    mom[idx] = part
+    return EStep(mom, sums)
 
 
 def simulate(grid: MapGrid, chunks, xyz: np.ndarray, sigma: np.ndarray, amp: np.ndarray,
