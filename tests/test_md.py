@@ -98,13 +98,18 @@ def test_prepare_5ni1_excludes_ligands_and_maps_protein(st_5ni1, prepared_full):
     assert np.allclose(pm.positions_A[mapped], _xyz(st_5ni1)[protein])
     # particles without an input atom: added hydrogens, plus the heavy atom
     # pdbfixer adds (the missing OG of one serine; 5NI1 has its OXTs)
-    added = [a for a in pm.topology.atoms() if pm.particle_atom[a.index] < 0]
+    added = [a for a in pm.topology.atoms() if pm.particle_atom[a.index] < 0 and pm.particle_chain[a.index]]
     heavy = sorted((a.residue.name, a.name) for a in added if a.element.symbol != "H")
     assert heavy == [("SER", "OG")]
     assert sum(a.element.symbol == "H" for a in added) > 4000
     kinds = {f.__class__.__name__ for f in pm.system.getForces()}
     assert "CustomGBForce" in kinds and "NonbondedForce" in kinds  # GBn2 implicit solvent
-    assert set(pm.particle_chain) == set("ABCD")
+    assert set(pm.particle_chain) == set("ABCD") | {""}
+    # haems and waters are in MD as fixed stand-ins (mass 0) at their input positions
+    stand_in = np.flatnonzero(pm.particle_chain == "")
+    assert len(stand_in) == (~protein).sum()
+    assert all(pm.system.getParticleMass(int(i))._value == 0 for i in stand_in)
+    np.testing.assert_allclose(pm.positions_A[stand_in], _xyz(st_5ni1)[~protein])
 
 
 def test_prepare_keeps_input_hydrogens_and_splits_gaps():
@@ -298,3 +303,45 @@ def test_clashes_deposited_model_few_and_created_clash_found(st_5ni1):
     rep2 = find_clashes(st_5ni1, moved)
     assert (min(i, j), max(i, j)) in {(c.i, c.j) for c in rep2.clashes}
     assert rep2.n_clashes > rep.n_clashes
+
+
+def _chain_a_with_haem(st: gemmi.Structure) -> gemmi.Structure:
+    out = st.clone()
+    out.remove_waters()
+    for name in [c.name for c in out[0] if c.name != "A"]:
+        out[0].remove_chain(name)
+    out.setup_entities()
+    return out
+
+
+@pytest.mark.parametrize("shield", [True, False])
+def test_atoms_left_out_of_md_are_walls(st_5ni1, shield):
+    """The distal His58 of chain A pulled onto the haem iron: with the haem present as fixed
+    stand-ins it stops at the haem's surface (no new protein-haem clash); without them (the
+    control) it moves into the haem."""
+    st = _chain_a_with_haem(st_5ni1)
+    pm = prepare_model(st, implicit=None, shield=shield)
+    names = [(r.name, r.seqid.num, a.name) for r in st[0]["A"] for a in r]
+    xyz = _xyz(st)
+    fe = xyz[names.index(("HEM", 201, "FE"))]
+    sim = ChainSimulation(pm, "A", preset="minimise", threads=1)
+    targets = sim.positions.copy()
+    his = np.array([names[i][1] == 58 and names[i][2] not in ("N", "CA", "C", "O") for i in sim.input_atoms])
+    targets[his] = fe
+    sim.set_k_gmm(1500.0)  # 5x the default depth: a pull of up to 6000 kJ/mol/nm
+    sim.set_targets(targets, 1.5)
+    new = xyz.copy()
+    new[sim.input_atoms] = sim.minimise(max_iterations=2000)
+    haem = np.array([n[0] == "HEM" for n in names])
+
+    def haem_clashes(pos):
+        return sum(1 for c in find_clashes(st, pos).clashes if haem[c.i] != haem[c.j])
+
+    moved = np.linalg.norm(new[sim.input_atoms][his] - xyz[sim.input_atoms][his], axis=1).max()
+    if shield:
+        assert moved > 0.2  # pulled until it meets the wall
+        assert haem_clashes(new) <= haem_clashes(xyz)
+        assert np.array_equal(new[haem], xyz[haem])
+    else:
+        assert moved > 1.0
+        assert haem_clashes(new) > haem_clashes(xyz)

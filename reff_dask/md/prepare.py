@@ -7,7 +7,8 @@ nucleotides, ACE/NME caps) that the chosen force field can parameterise after
 pdbfixer has added missing heavy atoms and Modeller has added hydrogens.
 Everything else (waters, ions, ligands such as HEM, modified residues, residues
 the force field rejects) is left out of the MD system, reported in
-``PreparedModel.excluded`` and stays at its input position.
+``PreparedModel.excluded`` and stays at its input position, present in MD as
+fixed stand-ins the simulated atoms cannot enter (:mod:`reff_dask.md.shield`).
 
 Chains are split into separate OpenMM chains (segments) at chain breaks
 (peptide C-N > 2.0 A, nucleic O3'-P > 2.5 A) and around excluded residues, so
@@ -35,6 +36,8 @@ import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as unit
+
+from .shield import add_shields
 
 __all__ = [
     "ExcludedResidue",
@@ -83,7 +86,8 @@ class PreparedModel:
     atom_map : (n_input_atoms,) int64, MD particle index of each input atom or -1.
     particle_atom : (n_particles,) int64, input atom index of each particle or -1
         (hydrogens / atoms added by pdbfixer exist only in MD).
-    particle_chain : (n_particles,) str array, input chain name of each particle.
+    particle_chain : (n_particles,) str array, input chain name of each particle
+        ("" for the fixed stand-ins of atoms left out of MD, see :mod:`.shield`).
     chains : simulated input chain names, in input order.
     excluded : residues left out of MD (stay fixed at input positions).
     forcefield_files : XML files the system was built from.
@@ -285,6 +289,7 @@ def prepare_model(
     add_missing_atoms: bool = True,
     seed: int = 1,
     max_rounds: int = 10,
+    shield: bool = True,
 ) -> PreparedModel:
     """Build the OpenMM model for ``structure`` (positions in Angstrom).
 
@@ -302,6 +307,8 @@ def prepare_model(
     seed : seeds pdbfixer and hydrogen placement (reproducible preparation).
     max_rounds : residues the force field rejects are excluded and the model
         rebuilt, at most this many times.
+    shield : add the atoms left out of MD as fixed, wall-only particles
+        (:mod:`reff_dask.md.shield`; chain name "" in ``particle_chain``).
     """
     from pdbfixer import PDBFixer
 
@@ -396,10 +403,19 @@ def prepare_model(
         ci = segs[c.index][0]
         for a in c.atoms():
             particle_chain[a.index] = chain_names[ci]
+    # atoms left out of MD become fixed stand-ins that simulated atoms cannot enter
+    simulated_res = {(ci, ri) for ci, _k, rl in segs for ri in rl}
+    left = np.array([i for i, (ci, ri, _a) in enumerate(table) if (ci, ri) not in simulated_res], dtype=np.int64)
+    if shield and len(left):
+        info = [(table[i][2].element.name, table[i][2].name, model[table[i][0]][table[i][1]].name,
+                 chain_names[table[i][0]], model[table[i][0]][table[i][1]].seqid.num) for i in left]
+        pos_A = add_shields(system, top, pos_A, info, in_xyz[left])
+        particle_atom = np.concatenate([particle_atom, np.full(len(left), -1, dtype=np.int64)])
+        particle_chain = np.concatenate([particle_chain, np.full(len(left), "", dtype=object)])
+        n_part = system.getNumParticles()
     particle_chain = particle_chain.astype(str)
     simulated_chains = [n for n in dict.fromkeys(chain_names) if np.any(particle_chain == n)]
 
-    simulated_res = {(ci, ri) for ci, _k, rl in segs for ri in rl}
     excluded = []
     for ci, ch in enumerate(model):
         for ri, res in enumerate(ch):

@@ -160,7 +160,7 @@ class ChainSimulation:
         if pos.shape != (prepared.n_particles, 3):
             raise ValueError(f"positions must be ({prepared.n_particles}, 3) A")
         if chain is None:  # the whole model, all particles mobile
-            self.mobile = np.arange(prepared.n_particles)
+            self.mobile = np.flatnonzero(prepared.particle_chain != "")
             self.fixed = np.zeros(0, dtype=np.int64)
         else:
             self.mobile = prepared.chain_particles(chain)

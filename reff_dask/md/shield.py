@@ -1,0 +1,136 @@
+"""Fixed repulsive stand-ins for atoms left out of MD (ligands, waters, ions the force field
+cannot parameterise), so simulated atoms cannot move into them.
+
+Each such atom becomes a particle of mass 0 (never moves) that takes no part in the force
+field's charges and Lennard-Jones terms (in implicit solvent it displaces solvent as an
+uncharged atom of its element) and meets the simulated atoms through a soft wall that starts 0.2 A before a clash would begin (a clash is 0.4 A of overlap,
+:mod:`reff_dask.md.clashes`), so an atom pressed against it stays clear of a clash:
+
+    E = k_wall * (d0 - r)^2  for r < d0,   d0 = r_i + r_j - 0.2 A (- 0.5 A for two N/O atoms)
+
+with MolProbity's Probe radii r_i. Pairs that are covalently linked at the start (a metal
+coordinated by a His, a glycan on an Asn: distance below the covalent radii sum + 0.45 A)
+are exempt. Units: nm inside OpenMM.
+"""
+
+from __future__ import annotations
+
+import gemmi
+import numpy as np
+import openmm
+from openmm import app
+
+from .clashes import CARBONYL_C_A, HBOND_ALLOWANCE_A, POLAR_H_A, PROBE_RADII_A
+
+__all__ = ["K_WALL", "add_shields"]
+
+#: wall stiffness, kJ/mol/nm^2: 0.2 A inside the wall (where a clash would begin) it pushes
+#: back with 8000 kJ/mol/nm, more than the GMM well's steepest pull at its default depth
+#: (300 exp(-1/2) / 0.03 nm); as stiff as a C-H bond, so 2 fs steps stay stable
+K_WALL = 2.0e5
+_CARBONYL = {("C",), ("ASP", "CG"), ("ASN", "CG"), ("GLU", "CD"), ("GLN", "CD")}
+WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=rad1+rad2-0.02-hb*polar1*polar2"
+
+
+def _radius_A(element: str, name: str, resname: str, polar_h: bool) -> float:
+    if element == "H":
+        return POLAR_H_A if polar_h else PROBE_RADII_A["H"]
+    if element == "C" and ((name,) in _CARBONYL or (resname, name) in _CARBONYL):
+        return CARBONYL_C_A
+    if element in PROBE_RADII_A:
+        return PROBE_RADII_A[element]
+    return gemmi.Element(element).vdw_r
+
+
+def _gb_params(force: openmm.CustomGBForce | openmm.GBSAOBCForce, elements: list[str], element: str) -> list:
+    """Implicit-solvent parameters of a stand-in: those of a simulated atom of the same element
+    (else a carbon) with no charge, so it displaces solvent like an uncharged solute atom."""
+    k = elements.index(element) if element in elements else elements.index("C")
+    params = list(force.getParticleParameters(k))
+    if isinstance(force, openmm.GBSAOBCForce):
+        params[0] = 0.0
+        return params
+    names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
+    for i, n in enumerate(names):
+        if n in ("charge", "q"):
+            params[i] = 0.0
+    return params
+
+
+def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.ndarray,
+                atoms: list[tuple[str, str, str, str, int]], xyz_A: np.ndarray) -> np.ndarray:
+    """Append one fixed, wall-only particle per atom of ``atoms`` (element, atom name, residue
+    name, chain name, residue number) at ``xyz_A`` (A) to ``system`` and ``topology`` (one chain
+    "shield"); returns the new (n_particles, 3) positions, A. ``positions_A`` are the
+    simulated particles' positions."""
+    n0 = system.getNumParticles()
+    if not len(atoms):
+        return positions_A
+    for _ in atoms:
+        system.addParticle(0.0)
+    sim_elements = [a.element.symbol if a.element is not None else "X" for a in topology.atoms()]
+    for f in system.getForces():
+        if isinstance(f, openmm.NonbondedForce):
+            for _ in atoms:
+                f.addParticle(0.0, 0.1, 0.0)
+        elif isinstance(f, (openmm.CustomGBForce, openmm.GBSAOBCForce)):
+            for e, *_ in atoms:
+                params = _gb_params(f, sim_elements, e)
+                if isinstance(f, openmm.CustomGBForce):
+                    f.addParticle(params)
+                else:
+                    f.addParticle(*params)
+        elif isinstance(f, openmm.CustomNonbondedForce):
+            raise NotImplementedError("force field with a CustomNonbondedForce: cannot add fixed stand-ins")
+    # topology: existing atoms' radii and polarity; new chain for the stand-ins
+    bonded = {a.index: set() for a in topology.atoms()}
+    for a, b in topology.bonds():
+        bonded[a.index].add(b)
+        bonded[b.index].add(a)
+    rad, polar, elem = [], [], []
+    for a in topology.atoms():
+        e = a.element.symbol if a.element is not None else "C"
+        ph = e == "H" and any(b.element is not None and b.element.symbol in ("N", "O") for b in bonded[a.index])
+        rad.append(_radius_A(e, a.name, a.residue.name, ph))
+        polar.append(e in ("N", "O"))
+        elem.append(e)
+    chain = topology.addChain("shield")
+    last = None
+    for e, name, resname, ch, num in atoms:
+        if last != (ch, num, resname):
+            res = topology.addResidue(resname, chain, str(num))
+            last = (ch, num, resname)
+        topology.addAtom(name, app.Element.getBySymbol(e) if e != "X" else None, res)
+        rad.append(_radius_A(e, name, resname, False))
+        polar.append(e in ("N", "O"))
+        elem.append(e)
+    wall = openmm.CustomNonbondedForce(WALL)
+    wall.addGlobalParameter("k_wall", K_WALL)
+    wall.addGlobalParameter("hb", HBOND_ALLOWANCE_A / 10.0)
+    wall.addPerParticleParameter("rad")
+    wall.addPerParticleParameter("polar")
+    for r, p in zip(rad, polar):
+        wall.addParticle([r / 10.0, float(p)])
+    wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
+    wall.setCutoffDistance(2 * max(rad) / 10.0)
+    shield = np.arange(n0, n0 + len(atoms))
+    wall.addInteractionGroup(shield.tolist(), list(range(n0)))
+    # covalent links at the start are exempt; OpenMM wants the same exclusions in every
+    # nonbonded force, so the force field's exceptions are copied and the links added to both
+    pos = np.vstack([positions_A, xyz_A])
+    cov = np.array([gemmi.Element(e).covalent_r if e != "X" else 0.7 for e in elem])
+    links = []
+    for s in shield:
+        d = np.linalg.norm(pos[:n0] - pos[s], axis=1)
+        links += [(int(s), int(j)) for j in np.flatnonzero(d < cov[:n0] + cov[s] + 0.45)]
+    for f in system.getForces():
+        if isinstance(f, openmm.NonbondedForce):
+            for k in range(f.getNumExceptions()):
+                i, j, *_ = f.getExceptionParameters(k)
+                wall.addExclusion(i, j)
+            for i, j in links:
+                f.addException(i, j, 0.0, 0.1, 0.0)
+    for i, j in links:
+        wall.addExclusion(i, j)
+    system.addForce(wall)
+    return pos
