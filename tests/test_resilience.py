@@ -35,7 +35,7 @@ def _bfactor_run(map_path, atoms, progress=None):
 
 
 def test_worker_killed_mid_refinement_same_result(map_path, real_atoms):
-    """SIGKILL one worker process (holding persisted map chunks and the scattered atom table)
+    """SIGKILL one worker process (holding persisted map chunks and the atom table)
     while an E-step is in flight: Dask recomputes the lost chunks from the file, the nanny
     starts a new worker, the refinement completes, and the widths equal an unbroken run's."""
     cluster, client = _cluster()

@@ -3,7 +3,7 @@
 Each map chunk is one task. A chunk's simulated density depends on every atom whose
 support (``KCUT * sigma``) reaches it: that is the halo, taken on the atom side, so no
 voxel overlap between chunks is needed. The atom table goes to the workers once per
-call (scattered, or one graph key without a cluster); each chunk task gets only the
+call (one graph key, fetched once per worker); each chunk task gets only the
 indices of its atoms. Per-atom partial moments are summed over chunks in a tree.
 """
 
@@ -95,14 +95,11 @@ def plan_blocks(grid: MapGrid, chunks: tuple[tuple[int, ...], ...], xyz: np.ndar
 
 
 def _share(arr: np.ndarray):
-    """Put ``arr`` on the workers once: scatter to a running cluster, else one graph key."""
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        return delayed(arr, pure=True)
-    return client.scatter(arr, broadcast=True, hash=False)
+    """``arr`` as one graph key: computed once per call on one worker and copied from there
+    to the workers whose chunk tasks need it (once per worker, not once per chunk). Unlike
+    scattered data, a key in the graph can be recomputed, so losing the worker that holds
+    it mid-iteration costs a retry, not the run."""
+    return delayed(arr, pure=True)
 
 
 def _block_task(block, start, origin, voxel, table, idx, noise, with_moments):
