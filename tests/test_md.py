@@ -19,6 +19,7 @@ from reff_dask.md.clashes import find_clashes
 from reff_dask.md.force import DEFAULT_K_GMM, make_gmm_force, set_gmm_targets
 from reff_dask.md.prepare import prepare_model
 from reff_dask.md.simulate import (
+    NEIGHBOUR_MARGIN_A,
     ChainSimulation,
     choose_platform,
     clear_cache,
@@ -226,12 +227,17 @@ def test_subsystem_forces_match_full_system(piece):
 def test_neighbours_fixed_and_updated(piece):
     _, pm = piece
     sim = ChainSimulation(pm, "A", preset="fast")
-    # neighbour set: other-chain particles within 10 A, and only those
+    # neighbour set at the start: other-chain particles within 10 A + the margin, and only those
     pos = pm.positions_A
     other = np.flatnonzero(pm.particle_chain != "A")
     d = np.sqrt(((pos[other][:, None] - pos[pm.particle_chain == "A"][None]) ** 2).sum(-1)).min(1)
-    assert np.array_equal(np.sort(sim.fixed), other[d <= 10.0])
+    assert np.array_equal(np.sort(sim.fixed), other[d <= 10.0 + NEIGHBOUR_MARGIN_A])
     assert np.array_equal(neighbour_particles(pm, "A", pos, 10.0), sim.fixed)
+    # a particle that comes within 10 A later joins the set
+    far = other[np.argmax(d)]
+    moved = pos.copy()
+    moved[far] = pos[pm.particle_chain == "A"][0] + [5.0, 0.0, 0.0]
+    assert far not in sim.fixed and far in neighbour_particles(pm, "A", moved, 10.0)
     fixed0 = sim.fixed_positions_A.copy()
     mob0 = sim.particle_positions_A.copy()
     sim.run(steps=20, seed=5)

@@ -112,12 +112,23 @@ def segment_seed(seed: int, iteration: int, chain: str) -> int:
     return zlib.crc32(f"{seed}:{iteration}:{chain}".encode()) % 2147483646 + 1
 
 
+#: extra reach (A) of the neighbour set taken at the start positions: chains move a few A in
+#: a whole refinement, so the set stays the same from one EM iteration to the next and the
+#: cached simulation is reused instead of rebuilt (a rebuild costs more than a fast segment)
+NEIGHBOUR_MARGIN_A = 4.0
+
+
 def neighbour_particles(prepared: PreparedModel, chain: str, positions_A: np.ndarray,
                         cutoff_A: float) -> np.ndarray:
-    """Particles of other chains within ``cutoff_A`` (A) of any particle of ``chain``."""
+    """Particles of other chains within ``cutoff_A`` (A) of any particle of ``chain`` at
+    ``positions_A``, plus those within ``cutoff_A + NEIGHBOUR_MARGIN_A`` at the start
+    (``prepared.positions_A``): a function of the inputs only, so a rebuilt simulation (on
+    another worker, after a resume) has the same particles as a cached one."""
     mine = prepared.particle_chain == chain
     others = np.flatnonzero(~mine)
     near = within_cutoff(positions_A[mine], positions_A[others], cutoff_A)
+    start = prepared.positions_A
+    near |= within_cutoff(start[mine], start[others], cutoff_A + NEIGHBOUR_MARGIN_A)
     return others[near]
 
 
