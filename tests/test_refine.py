@@ -161,3 +161,33 @@ def test_refine_command_keeps_every_atom_and_reports(tmp_path, real_structure, m
     hem = np.array([r.name == "HEM" for c in st[0] for r in c for _ in r])
     np.testing.assert_allclose(a_out.xyz[hem], a_in.xyz[hem], atol=1e-3)
     assert np.abs(a_out.xyz[~hem] - a_in.xyz[~hem]).max() > 0.05  # protein moved
+
+
+def test_worker_killed_mid_refinement_same_model(real_map, real_structure, process_cluster):
+    """A worker process SIGKILLed during an EM iteration of a position refinement on a real
+    multi-process cluster: its chain task is rerun elsewhere (the nanny restarts the worker) and
+    the run ends in the same model as an unbroken in-process run."""
+    import os
+    import signal
+    import threading
+
+    from reff_dask.cluster import dask_client
+
+    st = _piece(real_structure, {"A": (1, 40), "B": (1, 40)})
+    atoms, state = _bstate(real_map, st)
+    prepared = prepare_model(st, implicit=None)
+    settings = RefineSettings(3.2, max_iterations=5, patience=10, **FAST)
+    plain = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
+    with dask_client(scheduler=process_cluster) as client:
+        victim = sorted(client.run(os.getpid).values())[0]
+        killed = threading.Event()
+
+        def progress(row):
+            if row["iteration"] == 2 and not killed.is_set():
+                killed.set()
+                threading.Timer(0.05, os.kill, (victim, signal.SIGKILL)).start()
+
+        got = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings, progress=progress)
+        assert killed.is_set() and victim not in client.run(os.getpid).values()
+    assert len(got.history) == len(plain.history) == 5
+    np.testing.assert_allclose(got.xyz, plain.xyz, atol=1e-4)
