@@ -8,8 +8,8 @@ Cases
          store under ``--tmp`` and read back with ``read_map(..., chunks)``.
 
 For each case: median wall time of one E+M iteration on a fresh 2-worker LocalCluster
-(``reff_dask.cluster.dask_client``), with each worker's peak RSS (``resource.getrusage``
-in the worker, ``client.run``; a fresh cluster per measurement, so no reset is needed);
+(``reff_dask.cluster.dask_client``), with each worker's peak RSS (``VmHWM`` of /proc/self/status
+read in the worker, ``client.run``; a fresh cluster per measurement, so no reset is needed);
 the single-process threaded scheduler for comparison; our density alone (``simulate``)
 and gemmi's ``DensityCalculatorE/X.put_model_density_on_grid`` on the same atoms, the
 same widths (B = 8 pi^2 sigma^2) and the same grid, in this process.
@@ -17,9 +17,9 @@ same widths (B = 8 pi^2 sigma^2) and the same grid, in this process.
 Widths: sigma from the model's own B-factors, clipped to [half a voxel, 2.5 A] (the
 regime of a refined model); scale and noise term fitted on the real map (``initial_state``).
 
-    python benchmarks/bench_gmm.py                    # real + 512^3, about 5-10 min on 2 cores
+    python benchmarks/bench_gmm.py                    # real + 512^3, about 3-5 min on 2 cores
     python benchmarks/bench_gmm.py --size 768 --chunks 128 --reps 3
-    python benchmarks/bench_gmm.py --skip-large       # real case only (about 1 min)
+    python benchmarks/bench_gmm.py --skip-large       # real case only (about 15 s)
 
 Prints a Markdown summary and writes all figures as JSON (``--json``).
 """

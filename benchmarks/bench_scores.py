@@ -15,7 +15,7 @@ worker with ``client.run``; a fresh cluster per configuration, so peaks do not m
 cluster first scores the real case once, untimed, so the workers have loaded the numba
 kernels; the start RSS reported is after that warm-up.
 
-    python benchmarks/bench_scores.py               # real + 300^3, about 5 min on 2 cores
+    python benchmarks/bench_scores.py               # real + 300^3, about 4 min on 2 cores
     python benchmarks/bench_scores.py --tiles 4     # 400^3, 37k residues
     python benchmarks/bench_scores.py --skip-tiled  # real case only
 
