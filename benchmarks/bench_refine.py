@@ -106,7 +106,7 @@ def run_scaling(start_pdb: Path, workers: int, iterations: int, implicit: str | 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["fast", "minimise", "paper"])
+    ap.add_argument("--presets", nargs="*", default=["fast", "minimise", "paper"])
     ap.add_argument("--chains", nargs="*", help="chains to keep (default: all four)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-iterations", type=int, default=300)

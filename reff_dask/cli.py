@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
     g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
     g.add_argument("--seed", type=int, default=1, help="random seed of the MD (default 1)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="OpenMM CPU threads per chain task (default 1: runs are reproducible; chains run in "
+                        "parallel on the workers)")
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
     _bstage_args(rf, use_model_b=False)
     _cluster_args(rf)
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rs = RefineSettings(args.resolution, max_iterations=args.max_iterations, patience=args.patience,
                                 preset=args.preset, steps=args.steps, seed=args.seed, platform=args.platform,
-                                sigma_min=args.sigma_min, sigma_max=args.sigma_max)
+                                threads=args.threads, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
             if args.k_gmm is not None:
                 rs.k_gmm = args.k_gmm
             implicit = None if args.implicit.lower() == "none" else args.implicit

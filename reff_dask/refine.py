@@ -37,6 +37,8 @@ class RefineSettings:
       chains A+B of 5NI1 (fast preset, vacuum) k = 300 leaves 7 clashes with CCC
       0.450, k = 100 1 clash with CCC 0.443 (start: 2 clashes, CCC 0.436);
     patience: stop after this many iterations without a better CCC;
+    threads: OpenMM CPU threads per chain task (1: bitwise reproducible, so a resumed
+      or re-run run ends in the same model; None: OpenMM's default, all cores);
     sigma_min/sigma_max: width bounds (A) for the per-iteration width update
       (sigma_min None: half the largest voxel edge, as in the B-only stage).
     """
@@ -50,7 +52,7 @@ class RefineSettings:
     k_final: float | None = None
     seed: int = 1
     platform: str | None = None
-    threads: int | None = None
+    threads: int | None = 1
     neighbour_cutoff_A: float = 10.0
     sigma_min: float | None = None
     sigma_max: float = 2.5
