@@ -120,6 +120,12 @@ def jobqueue_cluster(kind: str, settings: JobQueueSettings | None = None):
     return cls(**kw)
 
 
+#: The per-iteration atom table (40 bytes per atom) travels in the task graph on purpose: a
+#: graph key can be recomputed when the worker holding it is lost, scattered data cannot.
+#: Dask warns from 10 MB on (a 250k-atom model); warn only from 1 GiB.
+_GRAPH_WARNING = {"distributed.admin.large-graph-warning-threshold": "1GiB"}
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
                 threads_per_worker: int = 1, memory_limit: str | None = None,
@@ -132,6 +138,14 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
 
     The client is the default for all Dask computations inside the ``with`` block.
     """
+    with dask.config.set(_GRAPH_WARNING), _client(scheduler, workers, threads_per_worker, memory_limit,
+                                                  cluster, jobqueue, tls_dir) as client:
+        yield client
+
+
+@contextmanager
+def _client(scheduler: str | None, workers: int | None, threads_per_worker: int, memory_limit: str | None,
+            cluster: str, jobqueue: JobQueueSettings | None, tls_dir: str | Path | None) -> Iterator[Client]:
     _quiet()
     security = tls_security(tls_dir) if tls_dir else None
     if scheduler:
