@@ -351,3 +351,19 @@ def test_atoms_left_out_of_md_are_walls(st_5ni1, shield):
     else:
         assert moved > 1.0
         assert haem_clashes(new) > haem_clashes(xyz)
+
+
+def test_charmm36_with_haem_runs(st_5ni1):
+    """CHARMM36 (the paper's other force field): chain A with its haem as stand-ins, the fast
+    preset (H bonds constrained; CHARMM's Urey-Bradley terms must not become constraints)."""
+    st = _chain_a_with_haem(st_5ni1)
+    pm = prepare_model(st, "charmm36", implicit=None)
+    assert pm.forcefield_files == ("charmm36.xml",) and (pm.particle_chain == "").sum() == 43
+    sim = ChainSimulation(pm, "A", preset="fast", threads=1)
+    x0 = sim.positions.copy()
+    sim.set_targets(x0, 1.0)
+    x = sim.run(steps=100, seed=1)
+    assert np.all(np.isfinite(x))
+    assert 0.02 < np.sqrt(((x - x0) ** 2).sum(1).mean()) < 0.5
+    assert sim.system.getNumConstraints() == sum(
+        pm.system.getParticleMass(int(i))._value < 1.5 for i in sim.mobile)  # one per hydrogen

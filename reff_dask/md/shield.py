@@ -80,8 +80,11 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
                     f.addParticle(params)
                 else:
                     f.addParticle(*params)
-        elif isinstance(f, openmm.CustomNonbondedForce):
-            raise NotImplementedError("force field with a CustomNonbondedForce: cannot add fixed stand-ins")
+        elif isinstance(f, openmm.CustomNonbondedForce):  # e.g. CHARMM's Lennard-Jones table
+            if f.getNumInteractionGroups() == 0:  # keep it among the simulated particles
+                f.addInteractionGroup(range(n0), range(n0))
+            for _ in atoms:
+                f.addParticle(f.getParticleParameters(0))
     # topology: existing atoms' radii and polarity; new chain for the stand-ins
     bonded = {a.index: set() for a in topology.atoms()}
     for a, b in topology.bonds():
@@ -130,6 +133,9 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
                 wall.addExclusion(i, j)
             for i, j in links:
                 f.addException(i, j, 0.0, 0.1, 0.0)
+        elif isinstance(f, openmm.CustomNonbondedForce):
+            for i, j in links:
+                f.addExclusion(i, j)
     for i, j in links:
         wall.addExclusion(i, j)
     system.addForce(wall)

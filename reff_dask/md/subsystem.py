@@ -68,16 +68,23 @@ def _filter_force_xml(xml: str, remap: np.ndarray, skip_pairs: set[tuple[int, in
 
 
 def hydrogen_bonds(system: openmm.System) -> list[tuple[int, int, float]]:
-    """(i, j, r0_nm) of HarmonicBondForce bonds with a hydrogen (mass < 1.5 amu)."""
+    """(i, j, r0_nm) of the covalent bond of each hydrogen (mass < 1.5 amu): among its
+    HarmonicBondForce terms with a heavy atom, the shortest. (CHARMM adds Urey-Bradley 1-3
+    terms, e.g. H...C and H...H, as harmonic bonds too; constraining those would over-
+    determine the geometry.)"""
     mass = np.array([system.getParticleMass(i)._value for i in range(system.getNumParticles())])
-    out = []
+    best: dict[int, tuple[int, int, float]] = {}
     for f in system.getForces():
         if isinstance(f, openmm.HarmonicBondForce):
             for b in range(f.getNumBonds()):
                 i, j, r0, _k = f.getBondParameters(b)
-                if mass[i] < 1.5 or mass[j] < 1.5:
-                    out.append((min(i, j), max(i, j), r0._value))
-    return out
+                r0 = r0._value
+                if (mass[i] < 1.5) == (mass[j] < 1.5):
+                    continue  # H-H or heavy-heavy
+                h = i if mass[i] < 1.5 else j
+                if h not in best or r0 < best[h][2]:
+                    best[h] = (min(i, j), max(i, j), r0)
+    return sorted(best.values())
 
 
 def extract_subsystem(
