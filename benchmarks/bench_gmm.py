@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -53,34 +52,11 @@ from reff_dask.gmm.blockwise import plan_blocks, simulate
 from reff_dask.io.maps import Map, MapGrid, read_map, write_zarr
 from reff_dask.io.models import atom_table, b_to_sigma, read_structure, sigma_to_b
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REFF_DATA", ROOT.parent / "shared" / "data")) / "emd_3488"
-MAP = DATA / "emd_3488.map.gz"
-MODEL = DATA / "5ni1.pdb"
+from _machine import MAP, MODEL, machine  # noqa: E402  (benchmarks/ is on sys.path)
 SIGMA_MAX = 2.5
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def machine() -> dict:
-    """CPU model, cores, RAM and library versions."""
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    import distributed
-    import numba
-    import zarr
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem, 1), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "dask": dask.__version__,
-            "distributed": distributed.__version__, "gemmi": gemmi.__version__, "zarr": zarr.__version__}
 
 
 def _rss_bytes() -> int:

@@ -35,7 +35,6 @@ import threading
 import time
 from pathlib import Path
 
-import dask
 import dask.array as da
 import gemmi
 import numpy as np

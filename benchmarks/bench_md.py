@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import gemmi
-import numpy as np
 
 from reff_dask.md.prepare import prepare_model
 from reff_dask.md.simulate import ChainSimulation

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -43,25 +42,8 @@ from reff_dask.io.maps import Map, MapGrid, read_map, write_zarr
 from reff_dask.io.models import read_structure
 from reff_dask.scores import score_models
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("REFF_DATA", ROOT.parent / "shared" / "data")) / "emd_3488"
-MAP = DATA / "emd_3488.map.gz"
-MODEL = DATA / "5ni1.pdb"
+from _machine import MAP, MODEL, machine  # noqa: E402  (benchmarks/ is on sys.path)
 RESOLUTION = 3.2
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem, 1), "python": platform.python_version(),
-            "numpy": np.__version__, "load_average_at_start": os.getloadavg()}
 
 
 def _peak_rss_mib() -> float:
