@@ -95,16 +95,24 @@ def test_displaced_helix_is_pulled_back(real_map, real_structure):
     assert rmsd1 < 0.5 * rmsd0, (rmsd0, rmsd1)
 
 
-def test_cluster_and_resume_give_the_same_model(real_map, real_structure, tmp_path, process_cluster):
+@pytest.fixture(scope="module")
+def two_chains(real_map, real_structure):
+    """Chains A and B, residues 1-40: inputs, settings (5 iterations, no early stop) and the
+    unbroken in-process run every other run is compared with."""
+    st = _piece(real_structure, {"A": (1, 40), "B": (1, 40)})
+    atoms, state = _bstate(real_map, st)
+    prepared = prepare_model(st, implicit=None)
+    settings = RefineSettings(3.2, max_iterations=5, patience=10, **FAST)
+    plain = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
+    return atoms, state, prepared, settings, plain
+
+
+def test_cluster_and_resume_give_the_same_model(real_map, two_chains, tmp_path, process_cluster):
     """Two chains on a real cluster (scheduler and 2 workers as separate processes) ==
     in-process; a run resumed from its checkpoint == an unbroken run with the same seed."""
     from reff_dask.cluster import dask_client
 
-    st = _piece(real_structure, {"A": (1, 40), "B": (1, 40)})
-    atoms, state = _bstate(real_map, st)
-    prepared = prepare_model(st, implicit=None)
-    settings = RefineSettings(3.2, max_iterations=4, patience=10, **FAST)
-    plain = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
+    atoms, state, prepared, settings, plain = two_chains
     with dask_client(scheduler=process_cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         dist = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
@@ -116,7 +124,7 @@ def test_cluster_and_resume_give_the_same_model(real_map, real_structure, tmp_pa
     refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, first, outdir=out)
     resumed = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings, outdir=out,
                                resume=True)
-    assert len(resumed.history) == 4
+    assert len(resumed.history) == 5
     np.testing.assert_allclose(resumed.xyz, plain.xyz, atol=1e-4)
 
 
@@ -163,7 +171,7 @@ def test_refine_command_keeps_every_atom_and_reports(tmp_path, real_structure, m
     assert np.abs(a_out.xyz[~hem] - a_in.xyz[~hem]).max() > 0.05  # protein moved
 
 
-def test_worker_killed_mid_refinement_same_model(real_map, real_structure, process_cluster):
+def test_worker_killed_mid_refinement_same_model(real_map, two_chains, process_cluster):
     """A worker process SIGKILLed during an EM iteration of a position refinement on a real
     multi-process cluster: its chain task is rerun elsewhere (the nanny restarts the worker) and
     the run ends in the same model as an unbroken in-process run."""
@@ -173,11 +181,7 @@ def test_worker_killed_mid_refinement_same_model(real_map, real_structure, proce
 
     from reff_dask.cluster import dask_client
 
-    st = _piece(real_structure, {"A": (1, 40), "B": (1, 40)})
-    atoms, state = _bstate(real_map, st)
-    prepared = prepare_model(st, implicit=None)
-    settings = RefineSettings(3.2, max_iterations=5, patience=10, **FAST)
-    plain = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
+    atoms, state, prepared, settings, plain = two_chains
     with dask_client(scheduler=process_cluster) as client:
         victim = sorted(client.run(os.getpid).values())[0]
         killed = threading.Event()
