@@ -120,6 +120,12 @@ def _combine(parts, n_atoms, with_moments):
         sums += s
     if not with_moments:
         return np.zeros(0, dtype=np.int64), None, sums
+    n_rows = sum(len(p[0]) for p in parts)
+    if n_rows >= n_atoms // 2:  # near the root: a dense accumulator is smaller than the merge
+        mom = np.zeros((n_atoms, K.N_MOMENTS))
+        for i, m, _ in parts:  # each part's indices are unique: plain fancy-index add
+            mom[i] += m
+        return np.arange(n_atoms), mom, sums  # untouched atoms: zero rows, which add nothing
     idx = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
     rows = np.concatenate([p[1] for p in parts]) if len(idx) else np.zeros((0, K.N_MOMENTS))
     uniq, inv = np.unique(idx, return_inverse=True)
