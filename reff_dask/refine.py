@@ -119,8 +119,9 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
 
     The run starts from the positions ``prepared`` was built from; ``xyz0`` (A, all
     input atoms) gives the atoms that are not simulated (ligands, waters), which stay
-    put. ``state`` (widths etc., usually from the B-only stage) starts the mixture; with ``outdir`` a checkpoint is written every iteration, and ``resume``
-    continues from it (``run_meta`` must match the checkpoint's).
+    put. ``state`` (widths etc., usually from the B-only stage) starts the mixture. With
+    ``outdir`` a checkpoint is written every iteration, and ``resume`` continues from it
+    (``run_meta`` must match the checkpoint's).
     """
     s = settings
     run_meta = dict(run_meta or {})
@@ -129,6 +130,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
     sigma_min = s.sigma_min if s.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
     t_gmm = t_md = 0.0
     t_start = time.perf_counter()
+    runner = ChainRunner(prepared, s, run_id=f"refine-{id(prepared)}")
     if resume:
         arr, meta = checkpoint.load(outdir, run_meta)
         particles, xyz = arr["particles"], arr["xyz"]
@@ -147,8 +149,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         # relax the start (added atoms, stretched bonds of a rough model) before any dynamics,
         # each input atom held in a well at its start position; iteration 0 is the relaxed start
         t0 = time.perf_counter()
-        particles = ChainRunner(prepared, s, run_id=f"start-{id(prepared)}").run(
-            particles, xyz, state.sigma, iteration=0, preset="minimise", chains=[None])
+        particles = runner.run(particles, xyz, state.sigma, iteration=0, preset="minimise", chains=[None])
         xyz = prepared.input_positions_A(particles, xyz)
         t1 = time.perf_counter()
         ccc_relaxed, _ = model_ccc(m, xyz, weight, s_uniform)
@@ -156,7 +157,6 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t_gmm += time.perf_counter() - t1
         best = {"ccc": ccc_relaxed, "iteration": 0, "xyz": xyz.copy(), "particles": particles.copy(), "state": state}
         history, first = [], 1
-    runner = ChainRunner(prepared, s, run_id=f"refine-{id(prepared)}")
     for it in range(first, s.max_iterations + 1):
         if it - best["iteration"] > s.patience:
             break

@@ -77,7 +77,6 @@ class ClashReport:
 def _bonds(atoms, pos, el, cov, res_key, res_name, metal, pairs, dists, names):
     """Infer covalent bonds among candidate pairs; returns adjacency sets."""
     adj: dict[int, set[int]] = defaultdict(set)
-    n = len(atoms)
     for (i, j), d in zip(pairs, dists):
         s = cov[i] + cov[j]
         ri, rj = res_key[i], res_key[j]
