@@ -168,7 +168,6 @@ def test_cli_outputs(cli_run, refined_a, real_map, map_path):
 def test_cli_same_as_in_process(cli_run, refined_a, real_map, map_path):
     """Members made as Dask tasks on 2 worker processes equal members made in-process."""
     out, _ = cli_run
-    rep = json.loads((out / "report.json").read_text())
     path, st, atoms = refined_a
     prepared = prepare_model(st, implicit=None)
     settings = E.EnsembleSettings(3.2, max_members=4, min_members=4, minimise_iterations=100)
