@@ -29,14 +29,21 @@ def bfactor_plot(history: list[dict], b_final: np.ndarray, target: str | Path) -
     plt.close(fig)
 
 
-def refine_plot(history: list[dict], b_history: list[dict], target: str | Path) -> None:
-    """CCC (uniform B from the resolution) per position iteration, after the B stage's CCC."""
+def refine_plot(history: list[dict], b_history: list[dict], target: str | Path,
+                ccc_start: float | None = None, ccc_final: float | None = None) -> None:
+    """CCC (uniform B from the resolution) per position iteration, after the B stage's CCC;
+    the input model's CCC and the final (minimised) model's as reference lines."""
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     if b_history:
         ax[0].plot([h["iteration"] for h in b_history], [h["ccc"] for h in b_history], "o-", ms=3,
                    color="C2")
     ax[0].set(xlabel="B-stage iteration", ylabel="CCC (refined widths)", title="B-factor stage")
-    ax[1].plot([h["iteration"] for h in history], [h["ccc"] for h in history], "o-", ms=3)
+    ax[1].plot([h["iteration"] for h in history], [h["ccc"] for h in history], "o-", ms=3, label="after MD")
+    if ccc_start is not None:
+        ax[1].axhline(ccc_start, color="0.5", ls=":", label=f"input model {ccc_start:.3f}")
+    if ccc_final is not None:
+        ax[1].axhline(ccc_final, color="C3", ls="--", label=f"final, minimised {ccc_final:.3f}")
+    ax[1].legend(fontsize=8, loc="lower right")
     ax[1].set(xlabel="EM iteration", ylabel="CCC (uniform B from resolution)", title="position refinement")
     fig.tight_layout()
     with atomic_path(target) as tmp:

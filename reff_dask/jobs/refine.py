@@ -97,7 +97,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     for c, v in scores["chain_means"].items():
         _say(f"chain {c}: SMOCf {v['start']['smocf']:.3f} -> {v['refined']['smocf']:.3f}, "
              f"LoQFit {v['start']['loqfit']:.2f} -> {v['refined']['loqfit']:.2f} A (mean)")
-    refine_plot(result.history, b_hist, out / "refine.png")
+    refine_plot(result.history, b_hist, out / "refine.png", result.ccc_start, ccc_final)
     report = {
         "command": "refine", "map": str(map_path), "model": str(model_path), "resolution": resolution,
         "atoms": len(atoms), "md_particles": prepared.n_particles, "chains_simulated": prepared.chains,
