@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sg = sub.add_parser("segment", help="split a map into per-chain parts by GMM responsibilities")
     _map_model_args(sg)
-    sg.add_argument("--by", choices=["chain"], default="chain", help="component grouping (default: chain)")
+    sg.add_argument("--group", action="append", metavar="NAME=SELECTION",
+                    help="segment by groups of atoms instead of chains (repeat; gemmi selection syntax, e.g. "
+                         "--group alpha=/1/A,C --group beta=/1/B,D); atoms in no group form 'rest'")
     sg.add_argument("--threshold", type=float, default=0.5,
                     help="label a voxel when its top responsibility exceeds this (default 0.5)")
     sg.add_argument("--keep-zarr", action="store_true", help="also keep the outputs as Zarr stores")
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 from .jobs import segment
 
                 with dask_client(**_cluster_kw(args)):
-                    segment.run(args.map, args.model, args.resolution, args.outdir, settings, args.by,
+                    segment.run(args.map, args.model, args.resolution, args.outdir, settings, args.group,
                                 args.use_model_b, args.threshold, args.chunks, args.keep_zarr)
                 return 0
             from .jobs import composite

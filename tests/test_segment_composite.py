@@ -285,3 +285,29 @@ def test_composite_cli_end_to_end(tmp_path, focused, model_path, real_map):
     assert main(["composite", "-m", p1, "-m", str(far), "-p", str(model_path), "-r", "3.2",
                  "-o", str(tmp_path / "bad.mrc"), "--workers", "1"]) == 2  # the CLI turns it into exit code 2
     assert not (tmp_path / "bad.mrc").exists()
+
+
+def test_segment_by_selection_groups(tmp_path, map_path, model_path):
+    """--group with gemmi selections: alpha (A, C) and beta (B, D) chains of haemoglobin, the haems
+    and waters left to 'rest'; each group's share of the map mass equals the sum of its chains'
+    shares in the per-chain run (same widths), and a bad selection is a clear error."""
+    from reff_dask.cli import main
+
+    common = ["-m", str(map_path), "-p", str(model_path), "-r", "3.2", "--iterations", "2",
+              "--residue-iterations", "5", "--workers", "1", "--chunks", "50"]
+    rc = main(["segment", *common, "-o", str(tmp_path / "chains")])
+    assert rc == 0
+    rc = main(["segment", *common, "-o", str(tmp_path / "groups"), "--group", "alpha=/1/A,C/1-141",
+               "--group", "beta=/1/B,D/1-146"])
+    assert rc == 0
+    by_chain = {c["chain"]: c for c in json.loads((tmp_path / "chains" / "segment.json").read_text())["chains"]}
+    report = json.loads((tmp_path / "groups" / "segment.json").read_text())
+    groups = {g["group"]: g for g in report["groups"]}
+    assert list(groups) == ["alpha", "beta", "rest"]
+    assert groups["rest"]["atoms"] == 4579 - groups["alpha"]["atoms"] - groups["beta"]["atoms"] > 0
+    for name, chains in (("alpha", "AC"), ("beta", "BD")):
+        assert (tmp_path / "groups" / f"group_{name}.mrc").exists()
+        whole = sum(by_chain[c]["map_mass_fraction"] for c in chains)
+        assert 0.8 * whole < groups[name]["map_mass_fraction"] <= whole + 1e-6  # the haems went to 'rest'
+    rc = main(["segment", *common, "-o", str(tmp_path / "bad"), "--group", "alpha=/1/Z"])
+    assert rc == 2 and not (tmp_path / "bad").exists()
