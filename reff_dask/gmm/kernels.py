@@ -136,7 +136,7 @@ def moments(block, ms, start, origin, voxel, xyz, sigma, amp, kcut, mom):
                         p = am * math.exp(-d2 * inv)
                         m0 += p
                         me = block[k, j, i]
-                        if me > 0.0:
+                        if me > 0.0 and ms[k, j, i] > 0.0:  # ms = 0 only with E = 0 and zero-mass atoms
                             w = me * p / ms[k, j, i]
                             m1 += w
                             mx += w * dx
@@ -179,7 +179,8 @@ def block_sums(block: np.ndarray, start, origin, voxel, atoms: np.ndarray, noise
     sums = np.zeros(N_SUMS)
     sel = mask.view(bool)
     pos = np.maximum(me[sel], 0.0)
-    sums[S_BG] = (pos * noise / ms[sel]).sum()
+    msel = ms[sel]
+    sums[S_BG] = (pos * noise / np.where(msel > 0.0, msel, 1.0)).sum()  # ms = 0 only where E = 0
     sums[S_MASKN] = sel.sum()
     sums[S_ALL] = _pearson_sums(me.ravel(), dens.ravel())
     sums[S_MASK] = _pearson_sums(me[sel], dens[sel])
