@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MD per EM iteration: paper = 0.1 fs x 2000 steps (default); fast = 2 fs x 100 "
                         "steps with H bonds constrained; minimise = L-BFGS only")
     g.add_argument("--steps", type=int, help="MD steps per EM iteration (overrides the preset)")
-    g.add_argument("--k-gmm", type=float, default=None, help="depth of each atom's target well, kJ/mol")
+    g.add_argument("--k-gmm", type=float, default=None, help="depth of each atom's target well, kJ/mol (default 300)")
     g.add_argument("--max-iterations", type=int, default=300, help="EM iterations at most (default 300)")
     g.add_argument("--patience", type=int, default=5,
                    help="stop after this many iterations without a better CCC (default 5)")

@@ -195,3 +195,19 @@ def test_worker_killed_mid_refinement_same_model(real_map, two_chains, process_c
         assert killed.is_set() and victim not in client.run(os.getpid).values()
     assert len(got.history) == len(plain.history) == 5
     np.testing.assert_allclose(got.xyz, plain.xyz, atol=1e-4)
+
+
+@pytest.mark.parametrize("option", [["--forcefield", "amber99-typo"], ["--platform", "NoSuchGPU"],
+                                    ["--implicit", "implicit/nonexistent.xml"]])
+def test_refine_refuses_unknown_md_options(tmp_path, map_path, model_path, option):
+    """An unknown force field, solvent file or platform: one clear line naming it, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "reff_dask.cli", "refine", "-m", map_path, "-p", model_path,
+                        "-r", "3.2", "-o", out, "--workers", "1", *option], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2
+    assert option[1] in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
