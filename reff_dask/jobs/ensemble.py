@@ -22,7 +22,7 @@ from ..io.maps import write_mrc
 from ..io.models import b_to_sigma, updated_structure, write_structure
 from ..md.prepare import prepare_model
 from .ensemble_plots import ensemble_plot
-from .inputs import load_inputs
+from .inputs import check_md_options, load_inputs
 
 #: Widths taken from a model's B column are floored here (A): B = 0 would be a delta function.
 SIGMA_FLOOR = 0.05
@@ -98,6 +98,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         settings.check()
     except ValueError as e:
         raise InputError(model_path, f"bad ensemble settings: {e}") from None
+    check_md_options(forcefield, implicit, settings.platform)
     inp = load_inputs(map_path, model_path, chunks, resolution)
     m, atoms, st = inp.map, inp.atoms, inp.structure
     sigma = model_widths(atoms.b_input, model_path)

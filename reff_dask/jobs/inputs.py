@@ -45,3 +45,25 @@ def load_inputs(map_path: str, model_path: str, chunks, resolution: float | None
     stats = map_stats(m)
     check_map_values(m, stats)
     return Inputs(m, stats, st, atoms, outside)
+
+
+def check_md_options(forcefield: str, implicit: str | None, platform: str | None) -> None:
+    """Refuse an unknown force field, solvent file or OpenMM platform before any work."""
+    import openmm
+    from openmm import app
+
+    from ..md.prepare import FORCEFIELDS, _resolve_forcefield
+    from ..md.simulate import choose_platform
+
+    try:
+        app.ForceField(*_resolve_forcefield(forcefield, implicit))
+    except (ValueError, OSError, KeyError) as err:
+        raise InputError(f"--forcefield {forcefield} --implicit {implicit}",
+                         f"OpenMM cannot load it ({err}); names: {', '.join(FORCEFIELDS)}, or OpenMM XML "
+                         "files") from None
+    try:
+        choose_platform(platform)
+    except ValueError:
+        have = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+        raise InputError(f"--platform {platform}", f"OpenMM has no such platform here (available: "
+                                                   f"{', '.join(have)})") from None

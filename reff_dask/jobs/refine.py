@@ -11,7 +11,6 @@ import numpy as np
 
 from .. import checkpoint
 from ..bfactor import BFactorSettings, GMMState, model_ccc, refine_bfactors
-from ..errors import InputError
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
 from ..io.models import sigma_to_b, updated_structure, write_structure
@@ -22,7 +21,7 @@ from ..plots import refine_plot
 from ..refine import RefineSettings, minimise, refine_positions
 from ..scores import score_models
 from .score import _nan_to_none, write_outputs
-from .inputs import load_inputs
+from .inputs import check_md_options, load_inputs
 
 
 def _say(text: str) -> None:
@@ -39,34 +38,13 @@ def _per_chain_rmsd(atoms, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {name: float(np.sqrt(d2[atoms.chain == i].mean())) for i, name in enumerate(atoms.chain_names)}
 
 
-def _check_md_options(forcefield: str, implicit: str | None, platform: str | None) -> None:
-    """Refuse an unknown force field, solvent file or OpenMM platform before any work."""
-    import openmm
-    from openmm import app
-
-    from ..md.prepare import FORCEFIELDS, _resolve_forcefield
-
-    try:
-        app.ForceField(*_resolve_forcefield(forcefield, implicit))
-    except (ValueError, OSError, KeyError) as err:
-        raise InputError(f"--forcefield {forcefield} --implicit {implicit}",
-                         f"OpenMM cannot load it ({err}); names: {', '.join(FORCEFIELDS)}, or OpenMM XML "
-                         "files") from None
-    try:
-        choose_platform(platform)
-    except ValueError:
-        have = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-        raise InputError(f"--platform {platform}", f"OpenMM has no such platform here (available: "
-                                                   f"{', '.join(have)})") from None
-
-
 def run(map_path: str, model_path: str, resolution: float, outdir: str, settings: RefineSettings,
         bfactor_settings: BFactorSettings, forcefield: str = "amber14", implicit: str | None = "default",
         chunks=64, resume: bool = False) -> dict:
     """Refine ``model_path`` into ``map_path``; write the best-CCC model, report, plot, checkpoint."""
     t_start = time.perf_counter()
     out = Path(outdir)
-    _check_md_options(forcefield, implicit, settings.platform)
+    check_md_options(forcefield, implicit, settings.platform)
     if resume and not (out / checkpoint.NAME).exists():
         checkpoint.load(out, {})  # raises the clear "no checkpoint" error
     inp = load_inputs(map_path, model_path, chunks, resolution)
