@@ -88,7 +88,7 @@ class ChainRunner:
             self._home = {c: workers[i % len(workers)] for i, c in enumerate(prepared.chains)}
 
     def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
-            preset: str | None = None, chains: list | None = None) -> np.ndarray:
+            preset: str | None = None, chains: list[str | None] | None = None) -> np.ndarray:
         """New positions of all MD particles (A) after one segment of every chain
         (``chains``: default every chain, one task each; [None]: the whole model in one task)."""
         chains = self.prepared.chains if chains is None else chains
@@ -101,8 +101,8 @@ class ChainRunner:
                        for c in chains]
         else:
             futs = [self.client.submit(run_chain_segment, self._prepared, c, particles, targets, widths,
-                                       workers=[self._home.get(c, self._home[self.prepared.chains[0]])],
-                                       allow_other_workers=True, pure=False, **kw)
+                                       workers=[self._home[c]] if c in self._home else None,
+                                       allow_other_workers=c in self._home, pure=False, **kw)
                     for c in chains]
             results = self.client.gather(futs)
         out = particles.copy()

@@ -31,20 +31,30 @@ from dataclasses import dataclass, field
 import gemmi
 import numpy as np
 
-__all__ = ["Clash", "ClashReport", "find_clashes", "count_clashes"]
+__all__ = ["Clash", "ClashReport", "find_clashes", "count_clashes", "probe_radius"]
 
 HBOND_ALLOWANCE_A = 0.5
+HBOND_H_ALLOWANCE_A = 0.8
 PROBE_RADII_A = {"C": 1.70, "N": 1.55, "O": 1.40, "S": 1.80, "P": 1.80, "H": 1.17, "D": 1.17}
 CARBONYL_C_A = 1.65
 POLAR_H_A = 1.00
 #: trigonal carbons bonded to O (backbone C, side-chain carboxyl/amide C)
 _CARBONYL = {("*", "C"), ("ASP", "CG"), ("ASN", "CG"), ("GLU", "CD"), ("GLN", "CD")}
-HBOND_H_ALLOWANCE_A = 0.8
 _POLYMER = {
     "ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS",
     "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL", "MSE", "SEC", "PYL",
     "DA", "DC", "DG", "DT", "DI", "A", "C", "G", "U", "I", "ACE", "NME",
 }
+
+
+def probe_radius(element: str, name: str, resname: str, polar_h: bool = False) -> float:
+    """Probe van der Waals radius (A) of an atom: by element, carbonyl C of polymer residues
+    1.65, hydrogens on N/O (``polar_h``) 1.00; elements Probe does not list: gemmi's."""
+    if element in ("H", "D") and polar_h:
+        return POLAR_H_A
+    if element == "C" and resname in _POLYMER and (("*", name) in _CARBONYL or (resname, name) in _CARBONYL):
+        return CARBONYL_C_A
+    return PROBE_RADII_A[element] if element in PROBE_RADII_A else gemmi.Element(element).vdw_r
 
 
 @dataclass(frozen=True)
@@ -151,10 +161,7 @@ def find_clashes(
         raise ValueError(f"positions_A has {len(positions_A)} rows for {n} atoms")
     el = [a.element for a in atoms]
     is_h = np.array([e.is_hydrogen for e in el])
-    vdw = np.array([PROBE_RADII_A.get(e.name, e.vdw_r) for e in el])
-    for k, (rn, an) in enumerate(zip(res_name, names)):
-        if el[k].name == "C" and rn in _POLYMER and (("*", an) in _CARBONYL or (rn, an) in _CARBONYL):
-            vdw[k] = CARBONYL_C_A
+    vdw = np.array([probe_radius(e.name, an, rn) for e, an, rn in zip(el, names, res_name)])
     cov = np.array([e.covalent_r for e in el])
     metal = np.array([e.is_metal for e in el])
     polar = np.array([e.name in ("N", "O") for e in el])

@@ -20,7 +20,7 @@ import numpy as np
 import openmm
 from openmm import app
 
-from .clashes import CARBONYL_C_A, HBOND_ALLOWANCE_A, POLAR_H_A, PROBE_RADII_A
+from .clashes import HBOND_ALLOWANCE_A, probe_radius
 
 __all__ = ["K_WALL", "add_shields"]
 
@@ -28,18 +28,9 @@ __all__ = ["K_WALL", "add_shields"]
 #: back with 8000 kJ/mol/nm, more than the GMM well's steepest pull at its default depth
 #: (300 exp(-1/2) / 0.03 nm); as stiff as a C-H bond, so 2 fs steps stay stable
 K_WALL = 2.0e5
+WALL = 2.0e5
 _CARBONYL = {("C",), ("ASP", "CG"), ("ASN", "CG"), ("GLU", "CD"), ("GLN", "CD")}
 WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=rad1+rad2-0.02-hb*polar1*polar2"
-
-
-def _radius_A(element: str, name: str, resname: str, polar_h: bool) -> float:
-    if element == "H":
-        return POLAR_H_A if polar_h else PROBE_RADII_A["H"]
-    if element == "C" and ((name,) in _CARBONYL or (resname, name) in _CARBONYL):
-        return CARBONYL_C_A
-    if element in PROBE_RADII_A:
-        return PROBE_RADII_A[element]
-    return gemmi.Element(element).vdw_r
 
 
 def _gb_params(force: openmm.CustomGBForce | openmm.GBSAOBCForce, elements: list[str], element: str) -> list:
@@ -94,7 +85,7 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
     for a in topology.atoms():
         e = a.element.symbol if a.element is not None else "C"
         ph = e == "H" and any(b.element is not None and b.element.symbol in ("N", "O") for b in bonded[a.index])
-        rad.append(_radius_A(e, a.name, a.residue.name, ph))
+        rad.append(probe_radius(e, a.name, a.residue.name, ph))
         polar.append(e in ("N", "O"))
         elem.append(e)
     chain = topology.addChain("shield")
@@ -104,7 +95,7 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
             res = topology.addResidue(resname, chain, str(num))
             last = (ch, num, resname)
         topology.addAtom(name, app.Element.getBySymbol(e) if e != "X" else None, res)
-        rad.append(_radius_A(e, name, resname, False))
+        rad.append(probe_radius(e, name, resname))
         polar.append(e in ("N", "O"))
         elem.append(e)
     wall = openmm.CustomNonbondedForce(WALL)
