@@ -68,8 +68,7 @@ def selection_groups(structure: gemmi.Structure, groups: list[str], model_path: 
             sel = gemmi.Selection(expr.strip())
         except Exception as err:  # gemmi raises RuntimeError/ValueError on bad syntax
             raise InputError(model_path, f"group {name}: bad selection {expr!r} ({err})") from None
-        hit = [at.serial for mdl in sel.models(st) if mdl is st[0] for ch in sel.chains(mdl)
-               for res in sel.residues(ch) for at in sel.atoms(res)]
+        hit = [at.serial for ch in sel.chains(st[0]) for res in sel.residues(ch) for at in sel.atoms(res)]
         if not hit:
             raise InputError(model_path, f"group {name}: selection {expr!r} selects no atom")
         hit = np.array(hit)
