@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     _ensemble_args(en)
     _cluster_args(en)
 
+    va = sub.add_parser("validate", help="model geometry against the CCP4 monomer library: bond/angle RMSD and "
+                                         "outliers, twisted/cis peptides, planes, chirality, clashes (no map)")
+    va.add_argument("-p", "--model", action="append", required=True, help="model: PDB or mmCIF (repeat)")
+    va.add_argument("--monlib", help="CCP4 monomer library folder (e.g. $CLIBD_MON) for residues the bundled "
+                                     "dictionaries lack")
+    va.add_argument("-o", "--outdir", help="also write validation.json and validation.csv here")
+
     c = sub.add_parser("convert", help="convert an MRC/CCP4 map (plain or .gz) into a chunked Zarr store")
     c.add_argument("map")
     c.add_argument("store")
@@ -203,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             write_zarr(m, args.store, args.chunks)
             print(f"wrote {args.store}: {m.grid.shape[::-1]} voxels (x,y,z), voxel {m.grid.voxel_size} A, "
                   f"origin {m.grid.origin} A", file=sys.stderr)
+            return 0
+        if args.command == "validate":
+            from .jobs import validate
+
+            validate.run(args.model, args.outdir, args.monlib)
             return 0
         from .cluster import dask_client
 
