@@ -39,6 +39,8 @@ class RefineSettings:
     patience: stop after this many iterations without a better CCC;
     threads: OpenMM CPU threads per chain task (1: bitwise reproducible, so a resumed
       or re-run run ends in the same model; None: OpenMM's default, all cores);
+    final_rounds: rounds of (targets at the current positions, whole-model minimisation) in
+      the final stage (see :func:`minimise`);
     sigma_min/sigma_max: width bounds (A) for the per-iteration width update
       (sigma_min None: half the largest voxel edge, as in the B-only stage).
     """
@@ -57,6 +59,7 @@ class RefineSettings:
     sigma_min: float | None = None
     sigma_max: float = 2.5
     min_improvement: float = 1e-4
+    final_rounds: int = 3
 
 
 @dataclass
@@ -194,14 +197,22 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
 
 def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: PreparedModel,
              settings: RefineSettings) -> np.ndarray:
-    """Final energy minimisation of the whole model (all chains mobile together) from the best
-    model of ``result``, with the GMM targets at its positions and well depth
-    ``settings.k_final``; returns input-atom positions (A)."""
+    """Final stage: from the best model of ``result``, ``settings.final_rounds`` rounds of
+    (E/M step at the current positions -> energy minimisation of the whole model, all chains
+    mobile together, well depth ``settings.k_final``); returns input-atom positions (A).
+
+    The best model is an MD frame, thermal noise included (twisted peptides, rings out of
+    plane); targets computed at such a frame sit partly on its distortions, so one
+    minimisation keeps part of them. Each further round takes targets at the relaxed
+    positions, so the force field's relaxation is not pulled back."""
     xyz, state = result.xyz, result.state
     sigma_min = settings.sigma_min if settings.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
-    _, _, targets = em_iteration(m, xyz, weight, state, sigma_min, settings.sigma_max)
     particles = result.particles.copy()
     k = settings.k_final if settings.k_final is not None else settings.k_gmm / 3.0
     runner = ChainRunner(prepared, replace(settings, k_gmm=k), run_id=f"minimise-{id(prepared)}")
-    particles = runner.run(particles, targets, state.sigma, iteration=10**6, preset="minimise", chains=[None])
-    return prepared.input_positions_A(particles, xyz)
+    for r in range(max(settings.final_rounds, 1)):
+        _, _, targets = em_iteration(m, xyz, weight, state, sigma_min, settings.sigma_max)
+        particles = runner.run(particles, targets, state.sigma, iteration=10**6 + r, preset="minimise",
+                               chains=[None])
+        xyz = prepared.input_positions_A(particles, xyz)
+    return xyz

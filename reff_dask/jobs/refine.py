@@ -14,12 +14,12 @@ from ..bfactor import BFactorSettings, GMMState, model_ccc, refine_bfactors
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
 from ..io.models import sigma_to_b, updated_structure, write_structure
-from ..md.clashes import count_clashes
 from ..md.prepare import prepare_model
 from ..md.simulate import choose_platform
 from ..plots import refine_plot
 from ..refine import RefineSettings, minimise, refine_positions
 from ..scores import score_models
+from ..validation import geometry_changes, validate_geometry
 from .score import _nan_to_none, write_outputs
 from .inputs import check_md_options, load_inputs
 
@@ -31,6 +31,18 @@ def _say(text: str) -> None:
 def _progress(row: dict) -> None:
     _say(f"iteration {row['iteration']:3d}  CCC {row['ccc']:.4f}  moved {row['shift_rms_A']:.2f} A rms  "
          f"(GMM {row['gmm_seconds']:.1f} s, MD {row['md_seconds']:.1f} s)")
+
+
+def _say_geometry(before, after) -> None:
+    """Console lines: geometry of the start and refined model, overall and per chain."""
+    cols = [("bond_rmsd_A", "bond RMSD", "%.4f"), ("angle_rmsd_deg", "angle RMSD", "%.2f"),
+            ("twisted_peptides", "twisted peptides", "%d"), ("plane_outliers", "plane outliers", "%d"),
+            ("chiral_outliers", "chirality", "%d"), ("clashes", "clashes", "%d")]
+    _say("geometry against the CCP4 library (heavy atoms), start -> refined:")
+    rows = [("all", before.overall, after.overall)]
+    rows += [(c, b, after.per_chain[c]) for c, b in before.per_chain.items() if c in after.per_chain]
+    for name, b, a in rows:
+        _say(f"  {name:>4}: " + ", ".join(f"{label} {fmt % b[k]} -> {fmt % a[k]}" for k, label, fmt in cols))
 
 
 def _per_chain_rmsd(atoms, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -54,6 +66,9 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     t0 = time.perf_counter()
     prepared = prepare_model(st, forcefield, implicit)
     t_prepare = time.perf_counter() - t0
+    if prepared.n_riders:
+        _say(f"{prepared.n_riders} input atoms of simulated residues have no MD particle (5' phosphates, "
+             "alternate conformations, atoms the templates lack): each follows its residue rigidly")
     if prepared.excluded:
         _say(f"kept fixed (no force-field parameters): {len(prepared.excluded)} residues, e.g. "
              + ", ".join(f"{e.chain}/{e.resname}{e.resnum}" for e in prepared.excluded[:6]))
@@ -87,8 +102,9 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
 
     b_final = sigma_to_b(result.state.sigma)
     refined = updated_structure(st, xyz=final_xyz, b_iso=b_final)
-    clashes_before = count_clashes(st)
-    clashes_after = count_clashes(refined)
+    geo_before, geo_after = validate_geometry(st), validate_geometry(refined)
+    clashes_before, clashes_after = geo_before.overall["clashes"], geo_after.overall["clashes"]
+    _say_geometry(geo_before, geo_after)
     models = write_structure(refined, out / "model_refined")
     t0 = time.perf_counter()
     table = score_models(m, {"start": st, "refined": refined}, resolution)
@@ -106,6 +122,9 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "ccc_start": result.ccc_start, "ccc_best_md": result.ccc_best, "best_iteration": result.best_iteration,
         "ccc_minimised": ccc_min, "ccc_final": ccc_final, "final_model": final_label,
         "clashes_before": clashes_before, "clashes_after": clashes_after,
+        "geometry": {"start": geo_before.as_dict(), "refined": geo_after.as_dict(),
+                     "worse": geometry_changes(geo_before.overall, geo_after.overall)},
+        "riders": prepared.n_riders, "library_terms": prepared.library_terms,
         "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, atoms.xyz, final_xyz),
         "scores_per_chain": scores["chain_means"], "scores": scores["model_means"],
         "bfactor_stage": b_hist, "iterations": result.history,

@@ -37,6 +37,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
+from .ideal import set_library_equilibria
 from .shield import add_shields
 
 __all__ = [
@@ -94,6 +95,13 @@ class PreparedModel:
     nonbonded_cutoff_nm : cutoff used (CutoffNonPeriodic) or None for NoCutoff.
     n_input_atoms : number of input atoms (length of ``atom_map``).
     fingerprint : content hash (positions, maps, settings); cache key for workers.
+    library_terms : bonded terms whose equilibria were set from the monomer library
+        (counts by kind; empty when ``library_geometry`` is off).
+    riders : (rider atoms, anchor atoms) input indices per simulated residue that has input
+        atoms without an MD particle (a 5' phosphate, alternate conformations after the
+        first, atoms the template lacks): riders follow the anchors (the residue's nearest
+        simulated atoms) rigidly, so no bond to them is stretched.
+    input_start_A : (n_input_atoms, 3) input positions, A (the riders' reference).
     """
 
     topology: app.Topology
@@ -108,6 +116,9 @@ class PreparedModel:
     nonbonded_cutoff_nm: float | None
     n_input_atoms: int = field(default=0)
     fingerprint: str = field(default="")
+    library_terms: dict = field(default_factory=dict)
+    riders: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    input_start_A: np.ndarray | None = None
 
     @property
     def n_particles(self) -> int:
@@ -129,7 +140,45 @@ class PreparedModel:
         out = np.array(input_positions_A, dtype=float, copy=True)
         m = self.atom_map >= 0
         out[m] = particle_positions_A[self.atom_map[m]]
+        for riders, anchors in self.riders:
+            out[riders] = _superpose(self.input_start_A[anchors], out[anchors], self.input_start_A[riders])
         return out
+
+    @property
+    def n_riders(self) -> int:
+        return int(sum(len(r) for r, _ in self.riders))
+
+
+def _superpose(a0: np.ndarray, a1: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Apply to ``x`` the rigid motion that best maps points ``a0`` onto ``a1`` (Kabsch)."""
+    c0, c1 = a0.mean(0), a1.mean(0)
+    u, _s, vt = np.linalg.svd((a0 - c0).T @ (a1 - c1))
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return (x - c0) @ rot + c1
+
+
+def _rider_groups(structure: gemmi.Structure, segs, atom_map: np.ndarray, in_xyz: np.ndarray,
+                  n_anchors: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per simulated residue with unsimulated input atoms: (those atoms, the ``n_anchors``
+    simulated atoms of the residue nearest to them)."""
+    groups = []
+    start = {}
+    k = 0
+    for ci, ch in enumerate(structure[0]):
+        for ri, res in enumerate(ch):
+            start[(ci, ri)] = (k, len(res))
+            k += len(res)
+    for ci, _kind, rlist in segs:
+        for ri in rlist:
+            k0, n = start[(ci, ri)]
+            idx = np.arange(k0, k0 + n)
+            riders, sim = idx[atom_map[idx] < 0], idx[atom_map[idx] >= 0]
+            if len(riders) == 0 or len(sim) < 3:
+                continue
+            d = np.linalg.norm(in_xyz[sim][:, None, :] - in_xyz[riders][None, :, :], axis=2).min(1)
+            groups.append((riders, sim[np.argsort(d, kind="stable")[:n_anchors]]))
+    return groups
 
 
 def input_atom_table(structure: gemmi.Structure) -> list[tuple[int, int, gemmi.Atom]]:
@@ -290,6 +339,8 @@ def prepare_model(
     seed: int = 1,
     max_rounds: int = 10,
     shield: bool = True,
+    library_geometry: bool = True,
+    monlib: str | None = None,
 ) -> PreparedModel:
     """Build the OpenMM model for ``structure`` (positions in Angstrom).
 
@@ -309,6 +360,9 @@ def prepare_model(
         rebuilt, at most this many times.
     shield : add the atoms left out of MD as fixed, wall-only particles
         (:mod:`reff_dask.md.shield`; chain name "" in ``particle_chain``).
+    library_geometry : set the equilibrium lengths and angles of heavy-atom bond and
+        angle terms to the CCP4 monomer library's targets (:mod:`reff_dask.md.ideal`);
+        ``monlib`` names a fuller library than the bundled one.
     """
     from pdbfixer import PDBFixer
 
@@ -403,6 +457,7 @@ def prepare_model(
         ci = segs[c.index][0]
         for a in c.atoms():
             particle_chain[a.index] = chain_names[ci]
+    n_library = set_library_equilibria(system, particle_atom, structure, monlib) if library_geometry else {}
     # atoms left out of MD become fixed stand-ins that simulated atoms cannot enter
     simulated_res = {(ci, ri) for ci, _k, rl in segs for ri in rl}
     left = np.array([i for i, (ci, ri, _a) in enumerate(table) if (ci, ri) not in simulated_res], dtype=np.int64)
@@ -424,7 +479,7 @@ def prepare_model(
     h = hashlib.sha1()
     for arr in (pos_A, atom_map, particle_atom):
         h.update(np.ascontiguousarray(arr).tobytes())
-    h.update(repr((files, nonbonded_cutoff_A, n_part)).encode())
+    h.update(repr((files, nonbonded_cutoff_A, n_part, n_library)).encode())
     return PreparedModel(
         fingerprint=h.hexdigest(),
         topology=top,
@@ -438,4 +493,7 @@ def prepare_model(
         forcefield_files=files,
         nonbonded_cutoff_nm=None if nonbonded_cutoff_A is None else nonbonded_cutoff_A / 10.0,
         n_input_atoms=n_input,
+        library_terms=n_library,
+        riders=_rider_groups(structure, segs, atom_map, in_xyz),
+        input_start_A=in_xyz,
     )
