@@ -119,6 +119,9 @@ def validate_geometry(structure: gemmi.Structure, monlib: str | Path | None = No
     lib = read_monomers(names, monlib)
     unknown = sorted({f"{ch.name}/{res.name}{res.seqid.num}" for ch in st[0] for res in ch
                       if res.name not in lib.monomers})
+    # gemmi makes restraints for a residue without a dictionary from its own coordinates
+    # (deviation 0): leave out every restraint that touches one
+    skip = {at.serial - 1 for ch in st[0] for res in ch if res.name not in lib.monomers for at in res}
     topo = gemmi.prepare_topology(st, lib, model_index=0, h_change=gemmi.HydrogenChange.NoChange,
                                   reorder=False, ignore_unknown_links=True)
     acc = _Acc()
@@ -129,7 +132,12 @@ def validate_geometry(structure: gemmi.Structure, monlib: str | Path | None = No
     def idx(atom: gemmi.Atom) -> int:
         return atom.serial - 1
 
+    def known(atoms) -> bool:
+        return not skip or not any(idx(a) in skip for a in atoms)
+
     for b in topo.bonds:
+        if not known(b.atoms):
+            continue
         i = idx(b.atoms[0])
         d = b.calculate() - b.restr.value
         r = acc.row(chain_of[i])
@@ -141,6 +149,8 @@ def validate_geometry(structure: gemmi.Structure, monlib: str | Path | None = No
             worst.append((z, f"bond {label[i]}-{b.atoms[1].name} {b.calculate():.3f} A "
                              f"(ideal {b.restr.value:.3f}, z {z:.1f})"))
     for a in topo.angles:
+        if not known(a.atoms):
+            continue
         i = idx(a.atoms[1])
         v = math.degrees(a.calculate())
         d = v - a.restr.value
@@ -155,7 +165,7 @@ def validate_geometry(structure: gemmi.Structure, monlib: str | Path | None = No
     seen_plane: set[int] = set()
     plane_bad: set[int] = set()
     for p in topo.planes:
-        if len(p.atoms) < 4:
+        if len(p.atoms) < 4 or not known(p.atoms):
             continue
         coeff = gemmi.find_best_plane(p.atoms)
         for at in p.atoms:
@@ -169,7 +179,7 @@ def validate_geometry(structure: gemmi.Structure, monlib: str | Path | None = No
                 acc.row(chain_of[i])["plane_outliers"] += 1
                 worst.append((dist / 0.02, f"plane {label[i]} {dist:.2f} A off ({p.restr.label})"))
     for c in topo.chirs:
-        if c.restr.sign == gemmi.ChiralityType.Both:
+        if c.restr.sign == gemmi.ChiralityType.Both or not known(c.atoms):
             continue
         i = idx(c.atoms[0])
         r = acc.row(chain_of[i])

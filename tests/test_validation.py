@@ -255,10 +255,6 @@ def test_unknown_residues_listed_not_fatal():
     assert g.overall["bonds"] > 0 and g.overall["peptides"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="gemmi.prepare_topology makes restraints for a residue without a "
-                                       "dictionary from its own coordinates (deviation 0), and "
-                                       "validate_geometry counts them: 4 bonds + 4 angles for ZZZ12, 1 bond "
-                                       "for LIG1 here; the module doc says such residues contribute nothing")
 def test_unknown_residues_contribute_nothing():
     g = validate_geometry(_with_unknown_residues())
     assert g.per_chain["L"]["bonds"] == 0 and g.per_chain["L"]["angles"] == 0

@@ -16,18 +16,35 @@ the 1-3 distance implied by the library's two bonds and angle (law of cosines).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import gemmi
 import numpy as np
 import openmm
 
-__all__ = ["library_targets", "set_library_equilibria"]
+__all__ = ["LibraryTargets", "library_targets", "set_library_equilibria", "add_library_restraints", "PLANE_ENERGY",
+           "OMEGA_ENERGY"]
+
+#: Distance (nm) of particle 4 from the plane through particles 1-3, as |r34| sin(angle 2-3-4)
+#: sin(dihedral 1-2-3-4), held at 0 by a harmonic term of stiffness k (kJ/mol/nm^2).
+PLANE_ENERGY = ("0.5*k_plane*d^2; d = distance(p3, p4)*sin(angle(p2, p3, p4))*sin(dihedral(p1, p2, p3, p4))")
+#: Peptide omega held at the library's value (180 or 0 deg): ~ 0.5 k dtheta^2 near it, k = kT / esd^2.
+OMEGA_ENERGY = "k_omega*(1 - cos(theta - omega0))"
 
 
-def library_targets(structure: gemmi.Structure, monlib: str | None = None
-                    ) -> tuple[dict[tuple[int, int], tuple[float, float]],
-                               dict[tuple[int, int, int], tuple[float, float]]]:
-    """Heavy-atom bond (A) and angle (deg) targets and esds of model 0 of ``structure`` from the monomer
+class LibraryTargets(NamedTuple):
+    """Restraint targets keyed by input atom indices: bonds {(i, j): (length A, esd A)},
+    angles {(i, j, k): (deg, esd deg)}, planes [(atoms, esd A)], peptide omegas
+    [((CA, C, N, CA), deg, esd deg)] (180 for TRANS links, 0 for CIS)."""
+
+    bonds: dict[tuple[int, int], tuple[float, float]]
+    angles: dict[tuple[int, int, int], tuple[float, float]]
+    planes: list[tuple[list[int], float]]
+    omegas: list[tuple[list[int], float, float]]
+
+
+def library_targets(structure: gemmi.Structure, monlib: str | None = None) -> LibraryTargets:
+    """Heavy-atom bond (A) and angle (deg) targets and esds, planes and peptide omegas of model 0 of ``structure`` from the monomer
     library, keyed by input atom indices (package order; bond keys (i, j) with i < j, angle
     keys (i, j, k) with i < k, j the centre)."""
     from ..validation import read_monomers
@@ -46,27 +63,37 @@ def library_targets(structure: gemmi.Structure, monlib: str | None = None
     lib = read_monomers(st[0].get_all_residue_names(), monlib)
     topo = gemmi.prepare_topology(st, lib, model_index=0, h_change=gemmi.HydrogenChange.NoChange,
                                   reorder=False, ignore_unknown_links=True)
+    # restraints gemmi makes up for residues without a dictionary (from their own coordinates) are not targets
+    skip = {at.serial - 1 for ch in st[0] for res in ch if res.name not in lib.monomers for at in res}
     bonds: dict[tuple[int, int], tuple[float, float]] = {}
     for b in topo.bonds:
+        if any(x.serial - 1 in skip for x in b.atoms):
+            continue
         i, j = b.atoms[0].serial - 1, b.atoms[1].serial - 1
         bonds[(min(i, j), max(i, j))] = (float(b.restr.value), float(b.restr.esd))
     angles: dict[tuple[int, int, int], tuple[float, float]] = {}
     for a in topo.angles:
+        if any(x.serial - 1 in skip for x in a.atoms):
+            continue
         i, j, kk = (x.serial - 1 for x in a.atoms)
         angles[(min(i, kk), j, max(i, kk))] = (float(a.restr.value), float(a.restr.esd))
-    return bonds, angles
+    planes = [([x.serial - 1 for x in p.atoms], float(p.restr.esd)) for p in topo.planes
+              if len(p.atoms) >= 4 and not any(x.serial - 1 in skip for x in p.atoms)]
+    omegas = [([x.serial - 1 for x in t.atoms], float(t.restr.value), float(t.restr.esd)) for t in topo.torsions
+              if t.restr.label == "omega" and not any(x.serial - 1 in skip for x in t.atoms)]
+    return LibraryTargets(bonds, angles, planes, omegas)
 
 
 #: kT at 300 K, kJ/mol
 KT = 2.494
 
 
-def set_library_equilibria(system: openmm.System, particle_atom: np.ndarray, structure: gemmi.Structure,
-                           monlib: str | None = None, stiffness: float = 1.0) -> dict[str, int]:
+def set_library_equilibria(system: openmm.System, particle_atom: np.ndarray, targets: tuple,
+                           stiffness: float = 1.0) -> dict[str, int]:
     """Replace the equilibria of ``system``'s harmonic bond and angle terms between input atoms
     (``particle_atom``: input atom index of each particle, -1 for added atoms) by the library
     targets; returns how many terms of each kind were changed."""
-    bonds, angles = library_targets(structure, monlib)
+    bonds, angles = targets.bonds, targets.angles
     pa = np.asarray(particle_atom)
     ends = {(i, k): (i, j, k) for (i, j, k) in angles}
     n = {"bonds": 0, "angles": 0, "urey_bradley": 0}
@@ -104,3 +131,60 @@ def set_library_equilibria(system: openmm.System, particle_atom: np.ndarray, str
                                          max(ka._value, stiffness * KT / math.radians(esd) ** 2))
                     n["angles"] += 1
     return n
+
+
+def _plane_frame(xyz: np.ndarray) -> tuple[int, int, int]:
+    """Three well-spread points of a planar group (indices into ``xyz``): the first, the one
+    farthest from it, and the one farthest from the line through those two."""
+    a = 0
+    b = int(np.argmax(np.linalg.norm(xyz - xyz[a], axis=1)))
+    u = (xyz[b] - xyz[a]) / max(np.linalg.norm(xyz[b] - xyz[a]), 1e-9)
+    r = xyz - xyz[a]
+    off = np.linalg.norm(r - np.outer(r @ u, u), axis=1)
+    return a, b, int(np.argmax(off))
+
+
+def add_library_restraints(system: openmm.System, particle_atom: np.ndarray, targets: LibraryTargets,
+                           positions_A: np.ndarray, stiffness: float = 1.0) -> dict[str, int]:
+    """Restraints AMBER holds too weakly against a GMM well, at the library's stiffness kT/esd^2:
+
+    * planes (aromatic rings, peptide and nucleic-acid link planes, amides, carboxylates,
+      guanidinium, bases; esd 0.02 A): every atom but three spread reference atoms gets a
+      harmonic term on its distance from their plane (AMBER's impropers are ~1/100 as stiff);
+    * peptide omega (CA-C-N-CA, esd 5 deg), which the heavy-atom planes leave free (the
+      library's second peptide plane holds it through the amide H).
+
+    Returns the number of terms added, by kind."""
+    pa = np.asarray(particle_atom)
+    part = np.full(int(pa.max()) + 1 if len(pa) else 0, -1, dtype=np.int64)
+    ok = pa >= 0
+    part[pa[ok]] = np.flatnonzero(ok)
+
+    def particles(atoms) -> list[int]:
+        return [int(part[i]) if i < len(part) else -1 for i in atoms]
+
+    planes = openmm.CustomCompoundBondForce(4, PLANE_ENERGY)
+    planes.addPerBondParameter("k_plane")
+    planes.setName("LibraryPlanes")
+    for atoms, esd in targets.planes:
+        ps = particles(atoms)
+        if min(ps) < 0:
+            continue
+        ref = _plane_frame(positions_A[ps])
+        k = stiffness * KT / (max(esd, 0.005) / 10.0) ** 2
+        for j, p in enumerate(ps):
+            if j not in ref:
+                planes.addBond([ps[ref[0]], ps[ref[1]], ps[ref[2]], p], [k])
+    omegas = openmm.CustomTorsionForce(OMEGA_ENERGY)
+    omegas.addPerTorsionParameter("k_omega")
+    omegas.addPerTorsionParameter("omega0")
+    omegas.setName("LibraryOmega")
+    for atoms, value, esd in targets.omegas:
+        ps = particles(atoms)
+        if min(ps) < 0:
+            continue
+        omegas.addTorsion(*ps, [stiffness * KT / math.radians(max(esd, 1.0)) ** 2, math.radians(value)])
+    for f in (planes, omegas):
+        if f.getNumBonds() if isinstance(f, openmm.CustomCompoundBondForce) else f.getNumTorsions():
+            system.addForce(f)
+    return {"plane_terms": planes.getNumBonds(), "omega_terms": omegas.getNumTorsions()}

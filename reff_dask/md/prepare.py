@@ -37,7 +37,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from .ideal import set_library_equilibria
+from .ideal import add_library_restraints, library_targets, set_library_equilibria
 from .shield import add_shields
 
 __all__ = [
@@ -457,7 +457,11 @@ def prepare_model(
         ci = segs[c.index][0]
         for a in c.atoms():
             particle_chain[a.index] = chain_names[ci]
-    n_library = set_library_equilibria(system, particle_atom, structure, monlib) if library_geometry else {}
+    n_library = {}
+    if library_geometry:
+        targets = library_targets(structure, monlib)
+        n_library = set_library_equilibria(system, particle_atom, targets)
+        n_library.update(add_library_restraints(system, particle_atom, targets, pos_A))
     # atoms left out of MD become fixed stand-ins that simulated atoms cannot enter
     simulated_res = {(ci, ri) for ci, _k, rl in segs for ri in rl}
     left = np.array([i for i, (ci, ri, _a) in enumerate(table) if (ci, ri) not in simulated_res], dtype=np.int64)
