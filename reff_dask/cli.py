@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import InputError
+from .errors import InputError, NumericalError
 
 
 def _chunks(text: str):
@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"reff-dask {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NumericalError as e:
+        print(f"reff-dask {args.command}: numerical failure: {e}", file=sys.stderr)
+        return 3
     return 1
 
 

@@ -1,4 +1,4 @@
-"""The one exception type users see for bad input."""
+"""The exception types users see: bad input, and a numerical failure the run could not recover from."""
 
 from __future__ import annotations
 
@@ -12,3 +12,8 @@ class InputError(Exception):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class NumericalError(Exception):
+    """A computation gave non-finite numbers (an MD blow-up, a NaN CCC) and could not be recovered;
+    the message names where (chain, iteration) and what was tried."""

@@ -20,6 +20,7 @@ from . import checkpoint
 from .bfactor import GMMState, em_iteration, model_ccc
 from .gmm.mstep import uniform_sigma
 from .io.maps import Map
+from .errors import NumericalError
 from .md.force import DEFAULT_K_GMM
 from .md.prepare import PreparedModel
 from .md.simulate import run_chain_segment
@@ -79,6 +80,7 @@ class ChainRunner:
 
     def __init__(self, prepared: PreparedModel, settings: RefineSettings, run_id: str):
         self.prepared, self.settings, self.run_id = prepared, settings, run_id
+        self.recoveries: list[str] = []  # MD segments that blew up and were rerun (see run_chain_segment)
         try:
             from distributed import get_client
 
@@ -111,6 +113,8 @@ class ChainRunner:
         out = particles.copy()
         for r in results:
             out[r.particles] = r.particle_positions_A
+            if r.recovery:
+                self.recoveries.append(r.recovery)
         return out
 
 
@@ -160,6 +164,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t_gmm += time.perf_counter() - t1
         best = {"ccc": ccc_relaxed, "iteration": 0, "xyz": xyz.copy(), "particles": particles.copy(), "state": state}
         history, first = [], 1
+    n_recovered = 0
     for it in range(first, s.max_iterations + 1):
         if it - best["iteration"] > s.patience:
             break
@@ -171,13 +176,17 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t2 = time.perf_counter()
         ccc, ccc_mask = model_ccc(m, xyz, weight, s_uniform)
         t3 = time.perf_counter()
+        if not (np.isfinite(xyz).all() and np.isfinite(ccc)):
+            raise NumericalError(f"EM iteration {it}: non-finite positions or CCC after MD")
         t_gmm += (t1 - t0) + (t3 - t2)
         t_md += t2 - t1
         if ccc > best["ccc"] + s.min_improvement:
             best = {"ccc": ccc, "iteration": it, "xyz": xyz.copy(), "particles": particles.copy(), "state": state}
         row = {"iteration": it, "ccc": ccc, "ccc_mask": ccc_mask, "ccc_model_widths": es.ccc,
                "noise": state.noise, "shift_rms_A": float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, 1)))),
-               "gmm_seconds": (t1 - t0) + (t3 - t2), "md_seconds": t2 - t1}
+               "gmm_seconds": (t1 - t0) + (t3 - t2), "md_seconds": t2 - t1,
+               "recoveries": runner.recoveries[n_recovered:]}
+        n_recovered = len(runner.recoveries)
         history.append(row)
         if progress:
             progress(row)
@@ -215,4 +224,6 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
         particles = runner.run(particles, targets, state.sigma, iteration=10**6 + r, preset="minimise",
                                chains=[None])
         xyz = prepared.input_positions_A(particles, xyz)
+    if not np.isfinite(xyz).all():
+        raise NumericalError("final minimisation gave non-finite positions")
     return xyz

@@ -92,3 +92,39 @@ def test_five_prime_phosphates_follow_their_residue(shared_case):
     np.testing.assert_allclose(moved, prep.input_start_A @ rot.T + [3.0, -2.0, 1.0], atol=1e-9)
     geo = validate_geometry(updated_structure(st, xyz=moved), clashes=False).overall
     assert geo["bond_outliers"] == 0
+
+
+def _clashing_piece(real_structure):
+    """Chain A 1-20 with the CB of residue 10 put 0.6 A from the CA of residue 14: a start
+    that 2 fs dynamics cannot integrate (non-finite positions at the first step)."""
+    st = _piece(real_structure, "A", 1, 20)
+    ch = st[0]["A"]
+    ca = ch[13].find_atom("CA", "*").pos
+    ch[9].find_atom("CB", "*").pos = gemmi.Position(ca.x + 0.6, ca.y, ca.z)
+    return st
+
+
+def test_md_blow_up_is_recovered_and_reported(real_structure):
+    from reff_dask.md.simulate import clear_cache, run_chain_segment
+
+    st = _clashing_piece(real_structure)
+    prep = prepare_model(st, "amber14", None)
+    clear_cache()
+    r = run_chain_segment(prep, "A", prep.positions_A, prep.input_start_A, 1.0, preset="fast",
+                          run_id="blowup", threads=1, use_cache=False)
+    assert np.isfinite(r.particle_positions_A).all()
+    assert r.recovery is not None and "chain A" in r.recovery and "1 fs" in r.recovery
+
+
+def test_md_blow_up_that_cannot_be_recovered_stops_with_one_message(real_structure):
+    import pytest
+
+    from reff_dask.errors import NumericalError
+    from reff_dask.md.simulate import run_chain_segment
+
+    st = _piece(real_structure, "A", 1, 20)
+    prep = prepare_model(st, "amber14", None)
+    far = prep.input_start_A + 40.0  # targets 70 A away with a well of 1e9 kJ/mol
+    with pytest.raises(NumericalError, match="chain A at EM iteration 7"):
+        run_chain_segment(prep, "A", prep.positions_A, far, 30.0, preset="fast", k_gmm=1e9, iteration=7,
+                          run_id="hopeless", threads=1, use_cache=False)

@@ -61,9 +61,10 @@ def _refine(real_map, st, settings, **kw):
 
 
 def test_deposited_model_fit_improves_without_new_clashes(real_map, real_structure):
-    st = _piece(real_structure, {"A": (1, 141), "B": (1, 146)})
     """Chains A and B of 5NI1: the EM/MD loop and the final minimisation (as the job runs them)
-    raise the CCC and leave no more clashes than the deposited model has."""
+    raise the CCC and leave no more clashes, twisted peptides or plane outliers than the
+    deposited model has."""
+    st = _piece(real_structure, {"A": (1, 141), "B": (1, 146)})
     settings = RefineSettings(3.2, max_iterations=6, patience=3, **FAST)
     atoms, prepared, r = _refine(real_map, st, settings)
     assert r.ccc_best > r.ccc_start
@@ -72,9 +73,19 @@ def test_deposited_model_fit_improves_without_new_clashes(real_map, real_structu
     from reff_dask.io.models import updated_structure
     from reff_dask.refine import minimise
 
+    from reff_dask.validation import validate_geometry
+
     xyz = minimise(real_map, r, atoms.weight, prepared, settings)
     assert model_ccc(real_map, xyz, atoms.weight, uniform_sigma(3.2))[0] > r.ccc_start + 0.003
     assert count_clashes(updated_structure(st, xyz=xyz)) <= count_clashes(st)
+    # geometry as validation measures it (CCP4 library): no new twisted peptides or plane
+    # outliers, bond/angle RMSD of a well-refined model
+    before = validate_geometry(st, clashes=False).overall
+    after = validate_geometry(updated_structure(st, xyz=xyz), clashes=False).overall
+    assert after["twisted_peptides"] <= before["twisted_peptides"]
+    assert after["plane_outliers"] <= before["plane_outliers"]
+    assert after["chiral_outliers"] <= before["chiral_outliers"]
+    assert after["bond_rmsd_A"] < 0.012 and after["angle_rmsd_deg"] < 2.0, after
     moved = np.sqrt(np.mean(np.sum((xyz - atoms.xyz) ** 2, axis=1)))
     assert moved < 1.0  # a deposited model at 3.2 A is already close: small changes only
 

@@ -31,6 +31,8 @@ def _say(text: str) -> None:
 def _progress(row: dict) -> None:
     _say(f"iteration {row['iteration']:3d}  CCC {row['ccc']:.4f}  moved {row['shift_rms_A']:.2f} A rms  "
          f"(GMM {row['gmm_seconds']:.1f} s, MD {row['md_seconds']:.1f} s)")
+    for note in row.get("recoveries", []):
+        _say(f"  MD recovered: {note}")
 
 
 def _say_geometry(before, after) -> None:
@@ -124,6 +126,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "clashes_before": clashes_before, "clashes_after": clashes_after,
         "geometry": {"start": geo_before.as_dict(), "refined": geo_after.as_dict(),
                      "worse": geometry_changes(geo_before.overall, geo_after.overall)},
+        "md_recoveries": [n for row in result.history for n in row.get("recoveries", [])],
         "riders": prepared.n_riders, "library_terms": prepared.library_terms,
         "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, atoms.xyz, final_xyz),
         "scores_per_chain": scores["chain_means"], "scores": scores["model_means"],

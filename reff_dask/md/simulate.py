@@ -30,6 +30,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
+from ..errors import NumericalError
 from .force import DEFAULT_K_GMM, make_gmm_force, set_gmm_targets, set_k_gmm
 from .prepare import PreparedModel
 from .subsystem import extract_subsystem, within_cutoff
@@ -359,7 +360,8 @@ class ChainSegmentResult:
     particle_positions_A: their new positions (scatter into the full array);
     input_atoms / input_positions_A: the chain's simulated input atoms and
     their new positions; rebuilt: whether the simulation was (re)built here;
-    gmm_energy: GMM energy at the end, kJ/mol."""
+    gmm_energy: GMM energy at the end, kJ/mol; recovery: what was done when the segment
+    blew up (non-finite positions or energy) and was rerun, else None."""
 
     chain: str
     particles: np.ndarray
@@ -368,6 +370,7 @@ class ChainSegmentResult:
     input_positions_A: np.ndarray
     rebuilt: bool
     gmm_energy: float
+    recovery: str | None = None
 
 
 _CACHE: dict[tuple[str, str], tuple[tuple, ChainSimulation]] = {}
@@ -433,9 +436,31 @@ def run_chain_segment(
         if use_cache:
             with _CACHE_LOCK:
                 _CACHE[key] = (settings, sim)
-    sim.set_positions(positions_A)
-    sim.set_targets(targets_A, widths_A)
-    sim.run(steps=steps, seed=segment_seed(seed, iteration, chain))
+    seg_seed = segment_seed(seed, iteration, chain)
+    recovery = None
+    if not _run_healthy(sim, positions_A, targets_A, widths_A, steps, seg_seed):
+        # blow-up: rebuild from the given positions, minimise first, then half the time step
+        # for twice the steps (the same simulated time)
+        if use_cache:
+            clear_cache(run_id)
+        slow = replace(p, timestep_fs=p.timestep_fs / 2, steps=(steps or p.steps) * 2)
+        sim = ChainSimulation(prepared, chain, positions_A, preset=slow, k_gmm=k_gmm,
+                              neighbour_cutoff_A=neighbour_cutoff_A, platform=platform, threads=threads, seed=seed)
+        sim.set_positions(positions_A)
+        sim.set_targets(targets_A, widths_A)
+        ok = True
+        try:
+            sim.minimise()
+        except openmm.OpenMMException:
+            ok = False
+        ok = ok and _run_healthy(sim, None, None, None, None if p.minimise_only else slow.steps, seg_seed)
+        if not ok:
+            raise NumericalError(f"MD of chain {chain or 'all'} at EM iteration {iteration} gave non-finite "
+                                 f"positions or energy, also after re-minimising and halving the time step "
+                                 f"({p.timestep_fs:g} -> {slow.timestep_fs:g} fs)")
+        recovery = (f"chain {chain or 'all'}, iteration {iteration}: non-finite positions or energy; "
+                    f"re-minimised and rerun at {slow.timestep_fs:g} fs x {slow.steps} steps")
+        rebuilt = True
     return ChainSegmentResult(
         chain=chain,
         particles=sim.mobile.copy(),
@@ -444,4 +469,18 @@ def run_chain_segment(
         input_positions_A=sim.positions,
         rebuilt=rebuilt,
         gmm_energy=sim.gmm_energy(),
+        recovery=recovery,
     )
+
+
+def _run_healthy(sim: ChainSimulation, positions_A, targets_A, widths_A, steps: int | None, seed: int) -> bool:
+    """Run one segment (positions/targets set first when given); False if OpenMM fails or the
+    positions or the energy come out non-finite."""
+    try:
+        if positions_A is not None:
+            sim.set_positions(positions_A)
+            sim.set_targets(targets_A, widths_A)
+        sim.run(steps=steps, seed=seed)
+        return bool(np.isfinite(sim.particle_positions_A).all() and np.isfinite(sim.energy()))
+    except openmm.OpenMMException:
+        return False
