@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenMM CPU threads per chain task (default 1: runs are reproducible; chains run in "
                         "parallel on the workers)")
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
+    g.add_argument("--monlib", help="CCP4 monomer library folder (e.g. $CLIBD_MON) for residues the bundled "
+                                    "dictionaries lack: geometry targets in MD and the geometry report")
     _bstage_args(rf, use_model_b=False)
     _cluster_args(rf)
 
@@ -235,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.k_gmm is not None:
                 rs.k_gmm = args.k_gmm
             implicit = None if args.implicit.lower() == "none" else args.implicit
+            from .validation import check_monlib
+
+            check_monlib(args.monlib)
             with dask_client(**_cluster_kw(args)):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
-                           args.forcefield, implicit, args.chunks, args.resume)
+                           args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib)
             return 0
         if args.command in ("segment", "composite"):
             res = args.resolution if args.command == "segment" else args.resolution[0]

@@ -30,9 +30,10 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
+from .errors import InputError
 from .md.clashes import find_clashes
 
-__all__ = ["BUNDLED_MONOMERS", "Geometry", "validate_geometry", "geometry_changes", "read_monomers"]
+__all__ = ["BUNDLED_MONOMERS", "check_monlib", "Geometry", "validate_geometry", "geometry_changes", "read_monomers"]
 
 #: The monomer-library subset shipped with the package.
 BUNDLED_MONOMERS = Path(__file__).parent / "data" / "monomers"
@@ -58,6 +59,17 @@ class Geometry:
     def as_dict(self) -> dict:
         return {"overall": self.overall, "per_chain": self.per_chain, "worst": self.worst,
                 "unknown_residues": self.unknown_residues}
+
+
+def check_monlib(monlib: str | None) -> None:
+    """Refuse a ``--monlib`` that is not a CCP4 monomer library folder, before any work."""
+    if monlib is None:
+        return
+    root = Path(monlib)
+    if not root.is_dir():
+        raise InputError(monlib, "no such folder (--monlib wants a CCP4 monomer library folder)")
+    if not (root / "list" / "mon_lib_list.cif").exists():
+        raise InputError(monlib, "not a CCP4 monomer library (no list/mon_lib_list.cif)")
 
 
 def read_monomers(names: list[str], monlib: str | Path | None = None) -> gemmi.MonLib:

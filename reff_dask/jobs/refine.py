@@ -54,7 +54,7 @@ def _per_chain_rmsd(atoms, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def run(map_path: str, model_path: str, resolution: float, outdir: str, settings: RefineSettings,
         bfactor_settings: BFactorSettings, forcefield: str = "amber14", implicit: str | None = "default",
-        chunks=64, resume: bool = False) -> dict:
+        chunks=64, resume: bool = False, monlib: str | None = None) -> dict:
     """Refine ``model_path`` into ``map_path``; write the best-CCC model, report, plot, checkpoint."""
     t_start = time.perf_counter()
     out = Path(outdir)
@@ -66,7 +66,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     _say(f"map {m.grid.shape[::-1]} voxels in {m.data.npartitions} chunks; model {len(atoms)} atoms, "
          f"chains {atoms.chain_names}")
     t0 = time.perf_counter()
-    prepared = prepare_model(st, forcefield, implicit)
+    prepared = prepare_model(st, forcefield, implicit, monlib=monlib)
     t_prepare = time.perf_counter() - t0
     if prepared.n_riders:
         _say(f"{prepared.n_riders} input atoms of simulated residues have no MD particle (5' phosphates, "
@@ -104,7 +104,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
 
     b_final = sigma_to_b(result.state.sigma)
     refined = updated_structure(st, xyz=final_xyz, b_iso=b_final)
-    geo_before, geo_after = validate_geometry(st), validate_geometry(refined)
+    geo_before, geo_after = validate_geometry(st, monlib), validate_geometry(refined, monlib)
     clashes_before, clashes_after = geo_before.overall["clashes"], geo_after.overall["clashes"]
     _say_geometry(geo_before, geo_after)
     models = write_structure(refined, out / "model_refined")

@@ -20,7 +20,7 @@ from typing import TextIO
 from ..errors import InputError
 from ..io.atomic import write_text
 from ..io.models import read_structure
-from ..validation import OMEGA_TWIST_DEG, PLANE_OUTLIER_A, Z_OUTLIER, validate_geometry
+from ..validation import OMEGA_TWIST_DEG, PLANE_OUTLIER_A, Z_OUTLIER, check_monlib, validate_geometry
 
 #: (key in the geometry dicts, table header, format) in table and CSV order.
 COLUMNS = (
@@ -60,16 +60,6 @@ def model_labels(paths: list[str]) -> list[str]:
             label, k = f"{stem}_{k}", k + 1
         labels.append(label)
     return labels
-
-
-def _check_monlib(monlib: str | None) -> None:
-    if monlib is None:
-        return
-    root = Path(monlib)
-    if not root.is_dir():
-        raise InputError(monlib, "no such folder (--monlib wants a CCP4 monomer library folder)")
-    if not (root / "list" / "mon_lib_list.cif").exists():
-        raise InputError(monlib, "not a CCP4 monomer library (no list/mon_lib_list.cif)")
 
 
 def format_table(label: str, path: str, result: dict, n_worst: int = 10) -> str:
@@ -115,7 +105,7 @@ def run(model_paths: list[str], outdir: str | None = None, monlib: str | None = 
     validation.json and validation.csv there. Returns the JSON report as a dict."""
     out = out or sys.stdout
     t0 = time.perf_counter()
-    _check_monlib(monlib)
+    check_monlib(monlib)
     labels = model_labels(model_paths)
     structures = [read_structure(p) for p in model_paths]  # every file checked before any work
     results: dict[str, dict] = {}
