@@ -66,10 +66,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine  # noqa: E402
 
+SHARED = ROOT.parent / "shared" / "data"
 CASES = {
     "emd_3488": {"map": ROOT / "examples/emd_3488/emd_3488.map.gz", "model": ROOT / "examples/emd_3488/5me2.pdb",
                  "reference": ROOT / "examples/emd_3488/5ni1.pdb", "resolution": 3.2},
+    # the other shared cases (../shared/data): deposited models, no separate answer to compare with
+    "emd_2566": {"map": SHARED / "emd_2566/emd_2566_crop_3j6b_chain9.mrc.gz",
+                 "model": SHARED / "emd_2566/3j6b_chain9_withH.pdb", "reference": None, "resolution": 3.2},
+    "emd_11007_rna": {"map": SHARED / "emd_11007_rna/emd_11007_crop_6yyt_rna.mrc.gz",
+                      "model": SHARED / "emd_11007_rna/6yyt_rna_PQTU.pdb", "reference": None, "resolution": 2.9},
+    # two neighbouring subunits of the GroEL 14-mer (the other 12 chains' density stays in the map)
+    "emd_1997_groel_AB": {"map": SHARED / "emd_1997_groel/emd_1997.map.gz",
+                          "model": SHARED / "emd_1997_groel/1oel_14mer_fit_emd1997.pdb.gz", "chains": "AB",
+                          "reference": None, "resolution": 7.0},
 }
+
+
+def chain_subset(model: Path, chains: str, folder: Path) -> Path:
+    """``model`` cut to ``chains`` (one letter each), written as PDB in ``folder``."""
+    import gemmi
+
+    st = gemmi.read_structure(str(model))
+    for name in [c.name for c in st[0] if c.name not in chains]:
+        st[0].remove_chain(name)
+    while len(st) > 1:
+        del st[1]
+    st.setup_entities()
+    out = folder / f"{model.name.split('.')[0]}_{chains}.pdb"
+    st.write_pdb(str(out))
+    return out
 MASK_RADIUS_A = 3.0
 COLUMNS = ["run", "CPU s", "wall s", "CCC box / 3 A", "CA RMSD to ref", "bond RMSD", "angle RMSD",
            "twisted peptides", "plane outliers", "angle outliers (z>4)", "clashes"]
@@ -315,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.monlib}: not a CCP4 monomer library (no list/mon_lib_list.cif)")
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench_peers."))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if case.get("chains"):
+        case["model"] = chain_subset(case["model"], case["chains"], work)
     info = machine()
     print(f"[peers] case: map {case['map']}, start {case['model']}, {case['resolution']:g} A, "
           f"reference {case['reference']}; outputs in {work}", file=sys.stderr, flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,10 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     _say(f"CCC {result.ccc_start:.4f} -> {result.ccc_best:.4f} (best MD, iteration {result.best_iteration}), "
          f"{ccc_min:.4f} after the final minimisation")
 
-    b_final = sigma_to_b(result.state.sigma)
+    # per-atom widths (B) at the final positions: the per-atom phase of the B stage from its widths
+    b_settings = replace(bfactor_settings, residue_iterations=0)
+    b_end = refine_bfactors(m, final_xyz, atoms.weight, b_settings, residue=atoms.residue, state=result.state)
+    b_final = sigma_to_b(b_end.state.sigma)
     refined = updated_structure(st, xyz=final_xyz, b_iso=b_final)
     geo_before, geo_after = validate_geometry(st, monlib), validate_geometry(refined, monlib)
     clashes_before, clashes_after = geo_before.overall["clashes"], geo_after.overall["clashes"]
