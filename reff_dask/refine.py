@@ -33,10 +33,10 @@ class RefineSettings:
     preset: MD protocol per EM iteration ("paper": 0.1 fs x 2000 steps; "fast";
       "minimise"); steps: override the preset's steps per segment;
       k_gmm: depth of each atom's target well (kJ/mol);
-    k_final: well depth of the final minimisation (None: k_gmm / 3).  A softer pull
-      lets the force field undo the close contacts a deep well holds in place: on
-      chains A+B of 5NI1 (fast preset, vacuum) k = 300 leaves 7 clashes with CCC
-      0.450, k = 100 1 clash with CCC 0.443 (start: 2 clashes, CCC 0.436);
+    k_final: well depth of the final minimisation (None: 2/3 k_gmm). A softer pull lets the
+      force field relax what the wells held: on 5ME2 -> EMD-3488 (minimise preset, vacuum) the
+      final model has CCC 0.648 / angle RMSD 1.94 deg / 9 clashes at k, 0.644 / 1.61 / 7 at
+      2k/3 and 0.638 / 1.28 / 7 at k/3 (BENCHMARKS.md);
     patience: stop after this many iterations without a better CCC;
     threads: OpenMM CPU threads per chain task (1: bitwise reproducible, so a resumed
       or re-run run ends in the same model; None: OpenMM's default, all cores);
@@ -240,7 +240,7 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
              settings: RefineSettings) -> np.ndarray:
     """Final stage: from the best model of ``result``, ``settings.final_rounds`` rounds of
     (E/M step at the current positions -> energy minimisation of the whole model, all chains
-    mobile together, well depth ``settings.k_final``); returns input-atom positions (A).
+    mobile together, well depth ``settings.k_final``, default 2/3 k_gmm); returns input-atom positions (A).
 
     The best model is an MD frame, thermal noise included (twisted peptides, rings out of
     plane); targets computed at such a frame sit partly on its distortions, so one
@@ -248,7 +248,7 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
     positions, so the force field's relaxation is not pulled back."""
     xyz, state = result.xyz, result.state
     particles = result.particles.copy()
-    k = settings.k_final if settings.k_final is not None else settings.k_gmm / 3.0
+    k = settings.k_final if settings.k_final is not None else settings.k_gmm * 2.0 / 3.0
     runner = ChainRunner(prepared, replace(settings, k_gmm=k), run_id=f"minimise-{id(prepared)}")
     for r in range(max(settings.final_rounds, 1)):
         _, _, targets = position_targets(m, xyz, weight, state, settings)
