@@ -172,3 +172,38 @@ def test_written_model_keeps_every_atom(tmp_path, real_structure, real_atoms):
         assert len(back) == len(real_atoms)
         np.testing.assert_allclose(back.xyz, real_atoms.xyz, atol=1e-3)
         np.testing.assert_allclose(back.b_input, b, atol=0.01)
+
+
+def _bad_model(tmp_path, real_structure, kind: str):
+    import gemmi
+
+    st = real_structure.clone()
+    if kind == "two_models":
+        second = st[0].clone()
+        second.num = 2
+        st.add_model(second)
+    elif kind == "duplicate":
+        res = st[0]["A"][0]
+        res.add_atom(res[1])
+    elif kind == "negative_occupancy":
+        st[0]["A"][0][0].occ = -1.0
+    path = tmp_path / f"{kind}.pdb"
+    st.write_pdb(str(path))
+    assert isinstance(st, gemmi.Structure)
+    return path
+
+
+@pytest.mark.parametrize("kind, problem", [("two_models", "2 models"),
+                                           ("duplicate", "duplicated atoms without alternate-location labels: A/VAL1/CA"),
+                                           ("negative_occupancy", "negative occupancy: A/VAL1/N")])
+def test_ambiguous_models_are_refused_naming_the_problem(tmp_path, real_structure, kind, problem):
+    """A second MODEL, an atom given twice without altloc, a negative occupancy: refused, not guessed at."""
+    path = _bad_model(tmp_path, real_structure, kind)
+    with pytest.raises(InputError, match=problem) as e:
+        read_structure(path)
+    assert str(path) in str(e.value)
+
+
+def test_folder_as_model_is_named_as_such(tmp_path):
+    with pytest.raises(InputError, match="a folder, not a PDB/mmCIF model file"):
+        read_structure(tmp_path)

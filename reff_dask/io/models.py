@@ -55,6 +55,8 @@ def read_structure(path: str | Path) -> gemmi.Structure:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "a folder, not a PDB/mmCIF model file")
     try:
         st = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError, OSError) as e:
@@ -62,6 +64,25 @@ def read_structure(path: str | Path) -> gemmi.Structure:
     st.setup_entities()
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError(path, "the model has no atoms")
+    if len(st) > 1:
+        raise InputError(path, f"{len(st)} models (MODEL records); refinement takes one: write the one "
+                               "to use to its own file (e.g. gemmi convert --select-model)")
+    dup: list[str] = []
+    for ch in st[0]:
+        for res in ch:
+            seen: set[tuple[str, str]] = set()
+            for at in res:
+                key = (at.name, at.altloc)
+                if key in seen:
+                    dup.append(f"{ch.name}/{res.name}{res.seqid.num}/{at.name}")
+                seen.add(key)
+    if dup:
+        more = f" (and {len(dup) - 5} more)" if len(dup) > 5 else ""
+        raise InputError(path, f"duplicated atoms without alternate-location labels: {', '.join(dup[:5])}{more}")
+    neg = [f"{ch.name}/{res.name}{res.seqid.num}/{at.name}" for ch in st[0] for res in ch for at in res if at.occ < 0]
+    if neg:
+        raise InputError(path, f"negative occupancy: {', '.join(neg[:5])}" + (f" (and {len(neg) - 5} more)"
+                                                                            if len(neg) > 5 else ""))
     return st
 
 
