@@ -38,7 +38,7 @@ import openmm.app as app
 import openmm.unit as unit
 
 from .ideal import add_library_restraints, library_targets, set_library_equilibria
-from .shield import add_shields
+from .shield import add_contact_wall, add_shields
 
 __all__ = [
     "ExcludedResidue",
@@ -360,8 +360,10 @@ def prepare_model(
         rebuilt, at most this many times.
     shield : add the atoms left out of MD as fixed, wall-only particles
         (:mod:`reff_dask.md.shield`; chain name "" in ``particle_chain``).
-    library_geometry : set the equilibrium lengths and angles of heavy-atom bond and
-        angle terms to the CCP4 monomer library's targets (:mod:`reff_dask.md.ideal`);
+    library_geometry : make the system agree with what validation measures: the equilibrium
+        lengths and angles of heavy-atom bond and angle terms from the CCP4 monomer library,
+        its planes and peptide omegas as restraints (:mod:`reff_dask.md.ideal`), and a wall
+        0.2 A before a MolProbity clash between heavy atoms (:func:`.shield.add_contact_wall`);
         ``monlib`` names a fuller library than the bundled one.
     """
     from pdbfixer import PDBFixer
@@ -472,6 +474,8 @@ def prepare_model(
         particle_atom = np.concatenate([particle_atom, np.full(len(left), -1, dtype=np.int64)])
         particle_chain = np.concatenate([particle_chain, np.full(len(left), "", dtype=object)])
         n_part = system.getNumParticles()
+    if library_geometry:
+        n_library["contact_wall_atoms"] = add_contact_wall(system, top)
     particle_chain = particle_chain.astype(str)
     simulated_chains = [n for n in dict.fromkeys(chain_names) if np.any(particle_chain == n)]
 

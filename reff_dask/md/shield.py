@@ -22,7 +22,7 @@ from openmm import app
 
 from .clashes import HBOND_ALLOWANCE_A, probe_radius
 
-__all__ = ["K_WALL", "add_shields"]
+__all__ = ["K_WALL", "add_shields", "add_contact_wall"]
 
 #: wall stiffness, kJ/mol/nm^2: 0.2 A inside the wall (where a clash would begin) it pushes
 #: back with 8000 kJ/mol/nm, more than the GMM well's steepest pull at its default depth
@@ -131,3 +131,48 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
         wall.addExclusion(i, j)
     system.addForce(wall)
     return pos
+
+
+def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
+    """A wall between simulated heavy atoms more than three bonds apart: the same soft wall as
+    the stand-ins', 0.2 A before a MolProbity clash (Probe radii, H-bond allowance for two
+    N/O atoms). AMBER's Lennard-Jones lets a GMM well press e.g. a residue's own N onto a
+    side-chain carbon four bonds away (2.8 A); refinement programs hold such contacts with a
+    repulsion term of the same kind. Returns the number of heavy atoms in the wall."""
+    heavy, rad, polar = [], [], []
+    bonded: dict[int, set] = {a.index: set() for a in topology.atoms()}
+    for a, b in topology.bonds():
+        bonded[a.index].add(b)
+        bonded[b.index].add(a)
+    for a in topology.atoms():
+        e = a.element.symbol if a.element is not None else "C"
+        ph = e == "H" and any(b.element is not None and b.element.symbol in ("N", "O") for b in bonded[a.index])
+        rad.append(probe_radius(e, a.name, a.residue.name, ph))
+        polar.append(e in ("N", "O"))
+        if e != "H" and a.residue.chain.id != "shield" and system.getParticleMass(a.index)._value > 0:
+            heavy.append(a.index)
+    n = system.getNumParticles()
+    if len(rad) != n or not heavy:
+        return 0
+    wall = openmm.CustomNonbondedForce(WALL)
+    wall.addGlobalParameter("k_wall", K_WALL)
+    wall.addGlobalParameter("hb", HBOND_ALLOWANCE_A / 10.0)
+    wall.addPerParticleParameter("rad")
+    wall.addPerParticleParameter("polar")
+    for r, p in zip(rad, polar):
+        wall.addParticle([r / 10.0, float(p)])
+    wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
+    wall.setCutoffDistance(2 * max(rad) / 10.0)
+    wall.addInteractionGroup(heavy, heavy)
+    # pairs within three bonds are the force field's exceptions (1-2, 1-3 excluded, 1-4 scaled):
+    # the clash counter exempts the same pairs, and OpenMM wants the same exclusions in every
+    # nonbonded force
+    for f in system.getForces():
+        if isinstance(f, openmm.NonbondedForce):
+            for k in range(f.getNumExceptions()):
+                i, j, *_ = f.getExceptionParameters(k)
+                wall.addExclusion(i, j)
+            break
+    wall.setName("ContactWall")
+    system.addForce(wall)
+    return len(heavy)
