@@ -119,7 +119,12 @@ def test_prepare_keeps_input_hydrogens_and_splits_gaps():
     st = gemmi.read_structure(str(PDB_3J6B))
     pm = prepare_model(st)
     assert pm.excluded == []
-    assert np.all(pm.atom_map >= 0)  # all 2865 atoms incl. the input hydrogens
+    heavy = np.array([not a.is_hydrogen() for r in st[0]["9"] for a in r])
+    assert np.all(pm.atom_map[heavy] >= 0)
+    # input hydrogens: placed afresh by Modeller; those of a template name map to the new one,
+    # the few others (6 of 1437) follow their residue
+    assert (pm.atom_map[~heavy] >= 0).sum() >= 1430
+    assert pm.n_riders == (pm.atom_map < 0).sum()
     assert pm.chains == ["9"]
     # the chain has gaps: one OpenMM chain per continuous segment, no long bond
     assert pm.topology.getNumChains() > 1
@@ -216,7 +221,9 @@ def test_subsystem_forces_match_full_system(piece):
     for g, f in enumerate(pm.system.getForces()):
         a = full.getState(getForces=True, groups={g}).getForces(asNumpy=True)._value[sim.mobile]
         b = sub.getState(getForces=True, groups={g}).getForces(asNumpy=True)._value[mob]
-        rel = np.sqrt(((a - b) ** 2).sum(1).mean() / (a**2).sum(1).mean())
+        # a force that is zero here (e.g. the contact wall on a model without clashes) must be zero in both
+        scale = (a**2).sum(1).mean() or 1.0
+        rel = np.sqrt(((a - b) ** 2).sum(1).mean() / scale)
         name = f.__class__.__name__
         if name == "CustomGBForce":
             assert rel < 0.02, (name, rel)

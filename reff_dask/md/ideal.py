@@ -61,8 +61,16 @@ def library_targets(structure: gemmi.Structure, monlib: str | None = None) -> Li
     st.remove_hydrogens()
     st.setup_entities()
     lib = read_monomers(st[0].get_all_residue_names(), monlib)
+    order = [at.serial - 1 for ch in st[0] for res in ch for at in res]  # input index, iteration order
     topo = gemmi.prepare_topology(st, lib, model_index=0, h_change=gemmi.HydrogenChange.NoChange,
                                   reorder=False, ignore_unknown_links=True)
+    # prepare_topology renumbers serials (1, 2, ... in iteration order): map them back
+    k = 0
+    for ch in st[0]:
+        for res in ch:
+            for at in res:
+                at.serial = order[k] + 1
+                k += 1
     # restraints gemmi makes up for residues without a dictionary (from their own coordinates) are not targets
     skip = {at.serial - 1 for ch in st[0] for res in ch if res.name not in lib.monomers for at in res}
     bonds: dict[tuple[int, int], tuple[float, float]] = {}

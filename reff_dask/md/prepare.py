@@ -13,6 +13,8 @@ fixed stand-ins the simulated atoms cannot enter (:mod:`reff_dask.md.shield`).
 Chains are split into separate OpenMM chains (segments) at chain breaks
 (peptide C-N > 2.0 A, nucleic O3'-P > 2.5 A) and around excluded residues, so
 no stretched bond is made across a gap; segment ends become charged termini.
+Input hydrogens are not used: Modeller places every hydrogen afresh, and an input
+hydrogen maps to the added one of the same name (else it follows its residue).
 A 5' phosphate on the first residue of a nucleic segment is left out (Amber's
 5' templates have none).  Alternate conformations: only the first altloc of an
 atom is simulated, others map to -1.
@@ -294,7 +296,7 @@ def _write_segments(structure: gemmi.Structure, segs, atom_index: dict) -> tuple
             res = ch[ri]
             for ai in _first_atoms(res):
                 at = res[ai]
-                if kind == "nucleic" and k == 0 and at.name in _PHOSPHATE:
+                if (kind == "nucleic" and k == 0 and at.name in _PHOSPHATE) or at.is_hydrogen():
                     continue
                 el = at.element.name if at.element.name != "X" else at.name[:1]
                 lines.append(_pdb_line(serial, at.name, res.name, k + 1, at.pos, el))
@@ -410,6 +412,14 @@ def prepare_model(
         for c, (ci, kind, rlist) in zip(top0.chains(), segs):
             for r, ri in zip(c.residues(), rlist):
                 res_origin[r.index] = (ci, ri)
+                # input hydrogens are not written (Modeller places them afresh: hydrogens of
+                # a deposited model can sit where the force field's templates cannot take
+                # them, which blew up MD on 3J6B chain 9); the added one of the same name
+                # stands for each, the others follow their residue
+                res = model[ci][ri]
+                for ai in _first_atoms(res):
+                    if res[ai].is_hydrogen():
+                        key_to_input.setdefault((r.index, res[ai].name), atom_index[(ci, ri, ai)])
 
         fixer.missingResidues = {}
         if add_missing_atoms:
@@ -447,10 +457,13 @@ def prepare_model(
         if inp is not None:
             particle_atom[a.index] = inp
             atom_map[inp] = a.index
-    # input atoms keep their exact input coordinates (PDB text has 3 decimals)
+    # input heavy atoms keep their exact input coordinates (PDB text has 3 decimals);
+    # hydrogens are where Modeller put them
     in_xyz = np.array([[at.pos.x, at.pos.y, at.pos.z] for _, _, at in table], dtype=float)
     pos_A = pos_nm * 10.0
+    in_h = np.array([at.is_hydrogen() for _, _, at in table], dtype=bool)
     m = particle_atom >= 0
+    m[m] = ~in_h[particle_atom[m]]
     pos_A[m] = in_xyz[particle_atom[m]]
 
     chain_names = [ch.name for ch in model]
