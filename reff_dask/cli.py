@@ -202,9 +202,47 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _local(path: str) -> bool:
+    return "://" not in str(path)
+
+
+def precheck(args) -> None:
+    """Input files present, models readable, output folder writable: checked in well under a
+    second, before any cluster starts (a bad path must not wait for workers)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .io.models import read_structure
+
+    maps = args.map if isinstance(getattr(args, "map", None), list) else [getattr(args, "map", None)]
+    for m in maps:
+        if m is not None and _local(m) and not Path(m).exists():
+            raise InputError(m, "no such file")
+    models = args.model if isinstance(getattr(args, "model", None), list) else [getattr(args, "model", None)]
+    for p in models:
+        if p is not None:
+            read_structure(p)
+    out = getattr(args, "outdir", None) or getattr(args, "output", None)
+    if out is None or not _local(out):
+        return
+    out = Path(out)
+    if args.command != "composite" and out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder (the output folder)")
+    parent = out if out.is_dir() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:  # a real probe (root passes os.access everywhere): a folder made and removed again
+        os.rmdir(tempfile.mkdtemp(prefix=".reff-dask-probe-", dir=parent))
+    except OSError as e:
+        raise InputError(out, f"cannot write there ({parent}: {e.strerror})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in ("convert", "validate"):
+            precheck(args)
         if args.command == "convert":
             from .io.maps import read_map, write_zarr
 

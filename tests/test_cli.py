@@ -100,3 +100,25 @@ def test_joins_running_cluster_by_address(tmp_path, map_path, model_path, bfacto
     a = json.loads((out / "report.json").read_text())
     b = json.loads((bfactor_run[0] / "report.json").read_text())
     assert a["ccc_refined_b"] == pytest.approx(b["ccc_refined_b"], abs=1e-9)
+
+
+@pytest.mark.parametrize("job", ["refine", "bfactor", "score", "segment"])
+@pytest.mark.parametrize("case", ["missing_map", "missing_model", "outdir_is_a_file", "unwritable"])
+def test_path_errors_come_before_any_cluster(tmp_path, map_path, model_path, job, case):
+    """A bad path: one line naming it, exit 2, nothing written, and no cluster started
+    (no Dask warning or worker output on stderr)."""
+    args = {"map": map_path, "model": model_path, "out": tmp_path / "out"}
+    if case == "missing_map":
+        args["map"] = tmp_path / "nosuch.map"
+    elif case == "missing_model":
+        args["model"] = tmp_path / "nosuch.pdb"
+    elif case == "outdir_is_a_file":
+        args["out"] = tmp_path / "a_file"
+        args["out"].write_text("x")
+    else:
+        args["out"] = "/proc/no/such/folder"
+    r = _cli(job, "-m", args["map"], "-p", args["model"], "-r", 3.2, "-o", args["out"], timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
