@@ -31,6 +31,7 @@ K_WALL = 2.0e5
 WALL = 2.0e5
 _CARBONYL = {("C",), ("ASP", "CG"), ("ASN", "CG"), ("GLU", "CD"), ("GLN", "CD")}
 WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=rad1+rad2-0.02-hb*polar1*polar2"
+CONTACT_WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=(rad1+rad2-0.02-hb*polar1*polar2)*heavy1*heavy2"
 
 
 def _gb_params(force: openmm.CustomGBForce | openmm.GBSAOBCForce, elements: list[str], element: str) -> list:
@@ -154,16 +155,20 @@ def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
     n = system.getNumParticles()
     if len(rad) != n or not heavy:
         return 0
-    wall = openmm.CustomNonbondedForce(WALL)
+    # every particle takes part (an interaction group would bypass the neighbour list: 5x the MD
+    # cost); hydrogens and stand-ins have heavy = 0, so their wall distance is 0
+    wall = openmm.CustomNonbondedForce(CONTACT_WALL)
     wall.addGlobalParameter("k_wall", K_WALL)
     wall.addGlobalParameter("hb", HBOND_ALLOWANCE_A / 10.0)
     wall.addPerParticleParameter("rad")
     wall.addPerParticleParameter("polar")
-    for r, p in zip(rad, polar):
-        wall.addParticle([r / 10.0, float(p)])
+    wall.addPerParticleParameter("heavy")
+    is_heavy = np.zeros(n, dtype=bool)
+    is_heavy[heavy] = True
+    for r, p, h in zip(rad, polar, is_heavy):
+        wall.addParticle([r / 10.0, float(p), float(h)])
     wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
     wall.setCutoffDistance(2 * max(rad) / 10.0)
-    wall.addInteractionGroup(heavy, heavy)
     # pairs within three bonds are the force field's exceptions (1-2, 1-3 excluded, 1-4 scaled):
     # the clash counter exempts the same pairs, and OpenMM wants the same exclusions in every
     # nonbonded force
