@@ -341,9 +341,8 @@ def test_cli_validate_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1 and "mon_lib_list.cif" in err
 
 
-def test_validate_labels_follow_score_labels():
-    from reff_dask.jobs.score import model_labels as score_labels
-    from reff_dask.jobs.validate import model_labels
+def test_model_labels_are_short_and_unique():
+    from reff_dask.io.models import model_labels
 
     paths = ["a/5me2.pdb", "b/5me2.cif.gz", "c/my model.pdb", ".pdb"]
-    assert model_labels(paths) == score_labels(paths)
+    assert model_labels(paths) == ["5me2", "5me2_2", "my_model", "model"]

@@ -6,6 +6,7 @@ Every input atom is in the table and in every written model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,18 @@ class AtomTable:
 
     def __len__(self) -> int:
         return len(self.xyz)
+
+
+def model_labels(paths: list[str]) -> list[str]:
+    """Short unique labels from model file names (stem; _2, _3 ... for repeats)."""
+    labels: list[str] = []
+    for p in paths:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(p).name.split(".")[0]) or "model"
+        label, k = stem, 2
+        while label in labels:
+            label, k = f"{stem}_{k}", k + 1
+        labels.append(label)
+    return labels
 
 
 def read_structure(path: str | Path) -> gemmi.Structure:

@@ -13,22 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import write_text
-from ..io.models import atom_table, check_in_box, read_structure
+from ..io.models import atom_table, check_in_box, model_labels, read_structure
 from ..scores import ScoreSettings, ScoreTable, score_models
 from .inputs import load_inputs
 from .score_plots import chain_plot
-
-
-def model_labels(paths: list[str]) -> list[str]:
-    """Short unique labels from model file names (stem; _2, _3 ... for repeats)."""
-    labels: list[str] = []
-    for p in paths:
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(p).name.split(".")[0]) or "model"
-        label, k = stem, 2
-        while label in labels:
-            label, k = f"{stem}_{k}", k + 1
-        labels.append(label)
-    return labels
 
 
 def _csv(rows: list[dict]) -> str:

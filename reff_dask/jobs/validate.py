@@ -19,7 +19,7 @@ from typing import TextIO
 
 from ..errors import InputError
 from ..io.atomic import write_text
-from ..io.models import read_structure
+from ..io.models import model_labels, read_structure
 from ..validation import OMEGA_TWIST_DEG, PLANE_OUTLIER_A, Z_OUTLIER, check_monlib, validate_geometry
 
 #: (key in the geometry dicts, table header, format) in table and CSV order.
@@ -47,19 +47,6 @@ NOTES = {
                "a clash between chains counts for the chain of its first atom",
     "scope": "heavy atoms of the first model; residues without a dictionary are listed in unknown_residues",
 }
-
-
-def model_labels(paths: list[str]) -> list[str]:
-    """Short unique labels from file names: the rule of ``jobs.score.model_labels``, repeated here
-    because importing that module loads the whole map-scoring stack (dask, numba)."""
-    labels: list[str] = []
-    for p in paths:
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(p).name.split(".")[0]) or "model"
-        label, k = stem, 2
-        while label in labels:
-            label, k = f"{stem}_{k}", k + 1
-        labels.append(label)
-    return labels
 
 
 def format_table(label: str, path: str, result: dict, n_worst: int = 10) -> str:
