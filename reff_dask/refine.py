@@ -144,6 +144,17 @@ def position_targets(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMStat
     return GMMState(state.sigma, new.scale, new.noise), es, targets
 
 
+def _heavy_only(targets: np.ndarray, prepared: PreparedModel) -> np.ndarray:
+    """Targets with no pull on input hydrogens (NaN): a hydrogen has no density of its own at
+    cryo-EM resolutions, and a well on it drags it into its heavy atom's density, bending the
+    angles it takes part in (3J6B chain 9, with hydrogens: angle RMSD 1.37 -> 2.16 deg)."""
+    if prepared.input_hydrogen is None or not prepared.input_hydrogen.any():
+        return targets
+    out = targets.copy()
+    out[prepared.input_hydrogen] = np.nan
+    return out
+
+
 def well_widths(state: GMMState, settings: RefineSettings) -> np.ndarray | float:
     """Width (A) of each atom's GMM well: ``settings.well_width_A`` for all, or per atom the
     widths of ``state`` (from the B stage: wide wells for poorly resolved atoms)."""
@@ -187,7 +198,8 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         # relax the start (added atoms, stretched bonds of a rough model) before any dynamics,
         # each input atom held in a well at its start position; iteration 0 is the relaxed start
         t0 = time.perf_counter()
-        particles = runner.run(particles, xyz, well_widths(state, s), iteration=0, preset="minimise",
+        particles = runner.run(particles, _heavy_only(xyz, prepared), well_widths(state, s), iteration=0,
+                               preset="minimise",
                                chains=[None])
         xyz = prepared.input_positions_A(particles, xyz)
         t1 = time.perf_counter()
@@ -202,6 +214,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
             break
         t0 = time.perf_counter()
         state, es, targets = position_targets(m, xyz, weight, state, s)
+        targets = _heavy_only(targets, prepared)
         t1 = time.perf_counter()
         particles = runner.run(particles, targets, well_widths(state, s), it)
         xyz = prepared.input_positions_A(particles, xyz)
@@ -252,6 +265,7 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
     runner = ChainRunner(prepared, replace(settings, k_gmm=k), run_id=f"minimise-{id(prepared)}")
     for r in range(max(settings.final_rounds, 1)):
         _, _, targets = position_targets(m, xyz, weight, state, settings)
+        targets = _heavy_only(targets, prepared)
         particles = runner.run(particles, targets, well_widths(state, settings), iteration=10**6 + r,
                                preset="minimise", chains=[None])
         xyz = prepared.input_positions_A(particles, xyz)

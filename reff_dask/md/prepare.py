@@ -104,6 +104,7 @@ class PreparedModel:
         first, atoms the template lacks): riders follow the anchors (the residue's nearest
         simulated atoms) rigidly, so no bond to them is stretched.
     input_start_A : (n_input_atoms, 3) input positions, A (the riders' reference).
+    input_hydrogen : (n_input_atoms,) bool, input atoms that are hydrogens.
     """
 
     topology: app.Topology
@@ -121,6 +122,7 @@ class PreparedModel:
     library_terms: dict = field(default_factory=dict)
     riders: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     input_start_A: np.ndarray | None = None
+    input_hydrogen: np.ndarray | None = None
 
     @property
     def n_particles(self) -> int:
@@ -517,4 +519,5 @@ def prepare_model(
         library_terms=n_library,
         riders=_rider_groups(structure, segs, atom_map, in_xyz),
         input_start_A=in_xyz,
+        input_hydrogen=in_h,
     )
