@@ -128,3 +128,21 @@ def test_md_blow_up_that_cannot_be_recovered_stops_with_one_message(real_structu
     with pytest.raises(NumericalError, match="chain A at EM iteration 7"):
         run_chain_segment(prep, "A", prep.positions_A, far, 30.0, preset="fast", k_gmm=1e9, iteration=7,
                           run_id="hopeless", threads=1, use_cache=False)
+
+
+def test_omega_restraints_stiffen_beyond_3_5_A(real_structure):
+    """At 7 A the omega restraint is 4x the library's kT/esd^2 (GroEL A+B: 13 twisted peptides -> 0);
+    at 3.5 A or better it is the library's."""
+    from reff_dask.md.ideal import KT, omega_stiffness
+
+    assert omega_stiffness(None) == omega_stiffness(3.2) == omega_stiffness(3.5) == 1.0
+    assert omega_stiffness(7.0) == 4.0
+    st = _piece(real_structure, "A", 1, 12)
+    k = {}
+    for res in (3.2, 7.0):
+        prep = prepare_model(st, "amber14", None, resolution_A=res)
+        f = next(f for f in prep.system.getForces() if f.getName() == "LibraryOmega")
+        assert f.getNumTorsions() == 11  # one per peptide
+        k[res] = f.getTorsionParameters(0)[4][0]
+    assert k[3.2] == np_approx(KT / math.radians(5.0) ** 2, 1e-6)
+    assert k[7.0] == np_approx(4 * k[3.2], 1e-6)

@@ -107,7 +107,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
          f"{np.percentile(atoms.b_input, 95):.0f} A^2 (5-95%)")
     t0 = time.perf_counter()
     try:
-        prepared = prepare_model(st, forcefield, implicit)
+        prepared = prepare_model(st, forcefield, implicit, resolution_A=resolution)
     except ValueError as e:
         raise InputError(model_path, f"cannot build the MD system ({e})") from None
     t_prepare = time.perf_counter() - t0

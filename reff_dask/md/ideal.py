@@ -32,6 +32,16 @@ PLANE_ENERGY = ("0.5*k_plane*d^2; d = distance(p3, p4)*sin(angle(p2, p3, p4))*si
 OMEGA_ENERGY = "k_omega*(1 - cos(theta - omega0))"
 
 
+def omega_stiffness(resolution_A: float | None) -> float:
+    """Omega restraint stiffness relative to the library's kT / esd^2 (esd 5 deg): 1 at 3.5 A
+    or better, (resolution / 3.5)^2 beyond, where a carbonyl no longer shows in the map and
+    the wells bend peptides instead. GroEL chains A+B at 7 A (x4): 13 twisted peptides -> 0,
+    CCC unchanged (0.301), angle RMSD 1.75 -> 1.85 deg (BENCHMARKS.md)."""
+    if resolution_A is None:
+        return 1.0
+    return max(1.0, (float(resolution_A) / 3.5) ** 2)
+
+
 class LibraryTargets(NamedTuple):
     """Restraint targets keyed by input atom indices: bonds {(i, j): (length A, esd A)},
     angles {(i, j, k): (deg, esd deg)}, planes [(atoms, esd A)], peptide omegas
@@ -153,7 +163,7 @@ def _plane_frame(xyz: np.ndarray) -> tuple[int, int, int]:
 
 
 def add_library_restraints(system: openmm.System, particle_atom: np.ndarray, targets: LibraryTargets,
-                           positions_A: np.ndarray, stiffness: float = 1.0) -> dict[str, int]:
+                           positions_A: np.ndarray, stiffness: float = 1.0, omega: float = 1.0) -> dict[str, int]:
     """Restraints AMBER holds too weakly against a GMM well, at the library's stiffness kT/esd^2:
 
     * planes (aromatic rings, peptide and nucleic-acid link planes, amides, carboxylates,
@@ -162,7 +172,8 @@ def add_library_restraints(system: openmm.System, particle_atom: np.ndarray, tar
     * peptide omega (CA-C-N-CA, esd 5 deg), which the heavy-atom planes leave free (the
       library's second peptide plane holds it through the amide H).
 
-    Returns the number of terms added, by kind."""
+    ``omega`` scales the omega terms' stiffness (see :func:`omega_stiffness`). Returns the
+    number of terms added, by kind."""
     pa = np.asarray(particle_atom)
     part = np.full(int(pa.max()) + 1 if len(pa) else 0, -1, dtype=np.int64)
     ok = pa >= 0
@@ -191,7 +202,8 @@ def add_library_restraints(system: openmm.System, particle_atom: np.ndarray, tar
         ps = particles(atoms)
         if min(ps) < 0:
             continue
-        omegas.addTorsion(*ps, [stiffness * KT / math.radians(max(esd, 1.0)) ** 2, math.radians(value)])
+        omegas.addTorsion(*ps, [omega * stiffness * KT / math.radians(max(esd, 1.0)) ** 2,
+                                math.radians(value)])
     for f in (planes, omegas):
         if f.getNumBonds() if isinstance(f, openmm.CustomCompoundBondForce) else f.getNumTorsions():
             system.addForce(f)

@@ -39,7 +39,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from .ideal import add_library_restraints, library_targets, set_library_equilibria
+from .ideal import add_library_restraints, library_targets, omega_stiffness, set_library_equilibria
 from .shield import add_contact_wall, add_shields
 
 __all__ = [
@@ -345,6 +345,7 @@ def prepare_model(
     shield: bool = True,
     library_geometry: bool = True,
     monlib: str | None = None,
+    resolution_A: float | None = None,
 ) -> PreparedModel:
     """Build the OpenMM model for ``structure`` (positions in Angstrom).
 
@@ -368,7 +369,8 @@ def prepare_model(
         lengths and angles of heavy-atom bond and angle terms from the CCP4 monomer library,
         its planes and peptide omegas as restraints (:mod:`reff_dask.md.ideal`), and a wall
         0.2 A before a MolProbity clash between heavy atoms (:func:`.shield.add_contact_wall`);
-        ``monlib`` names a fuller library than the bundled one.
+        ``monlib`` names a fuller library than the bundled one; ``resolution_A`` (the map's)
+        stiffens the omega restraints beyond 3.5 A (:func:`.ideal.omega_stiffness`).
     """
     from pdbfixer import PDBFixer
 
@@ -478,7 +480,8 @@ def prepare_model(
     if library_geometry:
         targets = library_targets(structure, monlib)
         n_library = set_library_equilibria(system, particle_atom, targets)
-        n_library.update(add_library_restraints(system, particle_atom, targets, pos_A))
+        n_library.update(add_library_restraints(system, particle_atom, targets, pos_A,
+                                                omega=omega_stiffness(resolution_A)))
     # atoms left out of MD become fixed stand-ins that simulated atoms cannot enter
     simulated_res = {(ci, ri) for ci, _k, rl in segs for ri in rl}
     left = np.array([i for i, (ci, ri, _a) in enumerate(table) if (ci, ri) not in simulated_res], dtype=np.int64)
