@@ -3,23 +3,79 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .errors import InputError, NumericalError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``reff-dask refine: error: ...`` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _chunks(text: str):
-    parts = [int(p) for p in text.split(",")]
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
     if len(parts) not in (1, 3) or min(parts) < 1:
-        raise argparse.ArgumentTypeError("chunks: one size or three (z,y,x), positive")
+        raise argparse.ArgumentTypeError(f"want one positive size or three (z,y,x), got {text!r}")
     return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _int(lo: int):
+    """argparse type: an integer >= ``lo``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"want an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"want an integer >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """argparse type: a finite float in the range [lo, hi] (ends open where asked)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"want a number, got {text!r}") from None
+        bad = not math.isfinite(v)
+        if lo is not None:
+            bad |= v <= lo if lo_open else v < lo
+        if hi is not None:
+            bad |= v >= hi if hi_open else v > hi
+        if bad:
+            left = "any" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
+            right = "" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+            rng = f"in {left}, {right}" if hi is not None else (f"{'>' if lo_open else '>='} {lo:g}" if lo is not None
+                                                                 else "finite")
+            raise argparse.ArgumentTypeError(f"want a number {rng}, got {text}")
+        return v
+
+    return parse
+
+
+#: Global map resolution, Angstrom.
+_resolution = _float(0.5, 50.0)
+_positive = _float(0.0, lo_open=True)
+_nonneg = _float(0.0)
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", help="address (tcp://host:8786) or scheduler file of a running Dask "
                                        "cluster; default: start an embedded local cluster")
-    g.add_argument("--workers", type=int, help="worker processes of the embedded cluster (default: cores)")
+    g.add_argument("--workers", type=_int(1), help="worker processes of the embedded cluster (default: cores)")
     g.add_argument("--chunks", type=_chunks, default=64, help="map chunk edge in voxels, or z,y,x (default 64)")
     g.add_argument("--tls-dir", help="folder with ca.pem, cert.pem, key.pem to join a tls:// scheduler "
                                      "(deploy/tls/make-certs.sh makes them)")
@@ -27,11 +83,11 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                    help="without --scheduler: start the cluster locally (default) or as SLURM/PBS batch jobs "
                         "(dask-jobqueue; see deploy/README.md)")
     j = p.add_argument_group("batch cluster (--cluster slurm|pbs; unset values come from the dask jobqueue config)")
-    j.add_argument("--jobs", type=int, default=1, help="batch jobs to submit (default 1)")
+    j.add_argument("--jobs", type=_int(1), default=1, help="batch jobs to submit (default 1)")
     j.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
     j.add_argument("--account", help="account/project to charge")
     j.add_argument("--walltime", help="per job, e.g. 02:00:00 (default 00:30:00)")
-    j.add_argument("--job-cores", type=int, help="cores per job (default 4); one 1-thread worker per core")
+    j.add_argument("--job-cores", type=_int(1), help="cores per job (default 4); one 1-thread worker per core")
     j.add_argument("--job-memory", help="memory per job, e.g. 16GiB (default 16GiB)")
     j.add_argument("--job-extra", action="append", default=[], help="extra #SBATCH/#PBS directive, e.g. --job-extra=--exclusive (repeat)")
     j.add_argument("--job-prologue", action="append", default=[],
@@ -52,7 +108,7 @@ def _cluster_kw(args) -> dict:
 def _map_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--map", required=True, help="map: MRC/CCP4 (.mrc, .map, .gz) or Zarr store")
     p.add_argument("-p", "--model", required=True, help="atomic model: PDB or mmCIF")
-    p.add_argument("-r", "--resolution", type=float, required=True, help="global map resolution (A)")
+    p.add_argument("-r", "--resolution", type=_resolution, required=True, help="global map resolution (A)")
     p.add_argument("-o", "--outdir", required=True, help="output folder")
 
 
@@ -62,15 +118,15 @@ def _bstage_args(p: argparse.ArgumentParser, use_model_b: bool = True) -> None:
         g.add_argument("--use-model-b", action="store_true",
                        help="take widths from the model's B column (already refined) instead of running "
                             "the B-only stage")
-    g.add_argument("--iterations", type=int, default=25, help="per-atom E/M iterations (default 25)")
-    g.add_argument("--residue-iterations", type=int, default=100,
+    g.add_argument("--iterations", type=_int(1), default=25, help="per-atom E/M iterations (default 25)")
+    g.add_argument("--residue-iterations", type=_int(0), default=100,
                    help="E/M iterations with residue-pooled widths first (default 100; stops earlier once "
                         "converged)")
     g.add_argument("--residue-average", action="store_true",
                    help="keep one width per residue to the end (paper's residue-averaged B)")
-    g.add_argument("--sigma-max", type=float, default=2.5,
+    g.add_argument("--sigma-max", type=_positive, default=2.5,
                    help="cap on Gaussian sigma in A (paper: 2.5; 1.5 for membrane proteins)")
-    g.add_argument("--sigma-min", type=float, default=None, help="floor on sigma in A (default: half a voxel)")
+    g.add_argument("--sigma-min", type=_positive, default=None, help="floor on sigma in A (default: half a voxel)")
 
 
 def _bsettings(args, resolution: float):
@@ -82,15 +138,15 @@ def _bsettings(args, resolution: float):
 
 def _ensemble_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ensemble (the model's B column gives the widths: B = 8 pi^2 sigma^2)")
-    g.add_argument("--k-ens", type=float, default=1000.0, help="ensemble force constant (Eq. 14), kJ/mol A^3 "
+    g.add_argument("--k-ens", type=_nonneg, default=1000.0, help="ensemble force constant (Eq. 14), kJ/mol A^3 "
                                                                "(default 1000)")
-    g.add_argument("--k-dens", type=float, default=None, help="density force, kJ/mol per atom per map sd")
-    g.add_argument("--max-members", type=int, default=40, help="members at most (default 40)")
-    g.add_argument("--min-members", type=int, default=3, help="members at least (default 3)")
-    g.add_argument("--patience", type=int, default=3,
+    g.add_argument("--k-dens", type=_nonneg, default=None, help="density force, kJ/mol per atom per map sd")
+    g.add_argument("--max-members", type=_int(1), default=40, help="members at most (default 40)")
+    g.add_argument("--min-members", type=_int(1), default=3, help="members at least (default 3)")
+    g.add_argument("--patience", type=_int(1), default=3,
                    help="stop after this many members without a better ensemble CCC (default 3)")
-    g.add_argument("--minimise-iterations", type=int, default=200, help="L-BFGS iterations per minimisation")
-    g.add_argument("--md-steps", type=int, default=0,
+    g.add_argument("--minimise-iterations", type=_int(0), default=200, help="L-BFGS iterations per minimisation")
+    g.add_argument("--md-steps", type=_int(0), default=0,
                    help="MD steps (0.1 fs) with the forces on between the minimisations (paper: 2000; default 0)")
     g.add_argument("--member-width", choices=["resolution", "model"], default="resolution",
                    help="widths of the members' simulated maps: uniform from the resolution (default) or "
@@ -98,7 +154,7 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--forcefield", default="amber14", help="amber14 (default) or charmm36")
     g.add_argument("--implicit", default="default", help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
     g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
-    g.add_argument("--seed", type=int, default=1, help="random seed of the sampling (default 1)")
+    g.add_argument("--seed", type=_int(0), default=1, help="random seed of the sampling (default 1)")
 
 
 def _ensemble_settings(args):
@@ -114,7 +170,7 @@ def _ensemble_settings(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="reff-dask", description=__doc__)
+    ap = _Parser(prog="reff-dask", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("bfactor", help="refine per-atom B-factors with positions fixed")
@@ -128,17 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=["paper", "fast", "minimise"], default="paper",
                    help="MD per EM iteration: paper = 0.1 fs x 2000 steps (default); fast = 2 fs x 100 "
                         "steps with H bonds constrained; minimise = L-BFGS only")
-    g.add_argument("--steps", type=int, help="MD steps per EM iteration (overrides the preset)")
-    g.add_argument("--k-gmm", type=float, default=None, help="depth of each atom's target well, kJ/mol (default 300)")
-    g.add_argument("--max-iterations", type=int, default=300, help="EM iterations at most (default 300)")
-    g.add_argument("--patience", type=int, default=5,
+    g.add_argument("--steps", type=_int(1), help="MD steps per EM iteration (overrides the preset)")
+    g.add_argument("--k-gmm", type=_nonneg, default=None, help="depth of each atom's target well, kJ/mol (default 300)")
+    g.add_argument("--max-iterations", type=_int(1), default=300, help="EM iterations at most (default 300)")
+    g.add_argument("--patience", type=_int(1), default=5,
                    help="stop after this many iterations without a better CCC (default 5)")
     g.add_argument("--forcefield", default="amber14", help="amber14 (default) or charmm36")
     g.add_argument("--implicit", default="default",
                    help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
     g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
-    g.add_argument("--seed", type=int, default=1, help="random seed of the MD (default 1)")
-    g.add_argument("--threads", type=int, default=1,
+    g.add_argument("--seed", type=_int(0), default=1, help="random seed of the MD (default 1)")
+    g.add_argument("--threads", type=_int(0), default=1,
                    help="OpenMM CPU threads per chain task (default 1: runs are reproducible; chains run in "
                         "parallel on the workers)")
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
@@ -152,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--group", action="append", metavar="NAME=SELECTION",
                     help="segment by groups of atoms instead of chains (repeat; gemmi selection syntax, e.g. "
                          "--group alpha=/1/A,C --group beta=/1/B,D); atoms in no group form 'rest'")
-    sg.add_argument("--threshold", type=float, default=0.5,
+    sg.add_argument("--threshold", type=_float(0.0, 1.0, hi_open=True), default=0.5,
                     help="label a voxel when its top responsibility exceeds this (default 0.5)")
     sg.add_argument("--keep-zarr", action="store_true", help="also keep the outputs as Zarr stores")
     _bstage_args(sg)
@@ -162,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("-m", "--map", action="append", required=True, help="focused map (repeat, one per map)")
     cm.add_argument("-p", "--model", action="append", required=True,
                     help="consensus model, or one model per map (repeat in map order)")
-    cm.add_argument("-r", "--resolution", type=float, action="append", required=True,
+    cm.add_argument("-r", "--resolution", type=_resolution, action="append", required=True,
                     help="resolution (A): one, or one per map")
     cm.add_argument("-o", "--output", required=True, help="composite map: .mrc, or a .zarr store")
     cm.add_argument("--no-resample", action="store_true",
@@ -175,11 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="fit scores of one or more models: global CCC, per-residue SMOCf and LoQFit")
     sc.add_argument("-m", "--map", required=True, help="map: MRC/CCP4 (.mrc, .map, .gz) or Zarr store")
     sc.add_argument("-p", "--model", action="append", required=True, help="model: PDB or mmCIF (repeat to compare)")
-    sc.add_argument("-r", "--resolution", type=float, required=True, help="global map resolution (A)")
+    sc.add_argument("-r", "--resolution", type=_resolution, required=True, help="global map resolution (A)")
     sc.add_argument("-o", "--outdir", required=True, help="output folder")
-    sc.add_argument("--window", type=int, default=11, help="SMOCf window in residues (default 11)")
-    sc.add_argument("--contour", type=float, help="also report the CCC over map voxels >= this level")
-    sc.add_argument("--loqfit-cap", type=float, default=18.0, help="upper limit on LoQFit in A (default 18)")
+    sc.add_argument("--window", type=_int(1), default=11, help="SMOCf window in residues (default 11)")
+    sc.add_argument("--contour", type=_float(), help="also report the CCC over map voxels >= this level")
+    sc.add_argument("--loqfit-cap", type=_positive, default=18.0, help="upper limit on LoQFit in A (default 18)")
     _cluster_args(sc)
 
     en = sub.add_parser("ensemble", help="ensemble of models sampled from a refined model's B-factors, "
@@ -202,47 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _local(path: str) -> bool:
-    return "://" not in str(path)
-
-
-def precheck(args) -> None:
-    """Input files present, models readable, output folder writable: checked in well under a
-    second, before any cluster starts (a bad path must not wait for workers)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from .io.models import read_structure
-
-    maps = args.map if isinstance(getattr(args, "map", None), list) else [getattr(args, "map", None)]
-    for m in maps:
-        if m is not None and _local(m) and not Path(m).exists():
-            raise InputError(m, "no such file")
-    models = args.model if isinstance(getattr(args, "model", None), list) else [getattr(args, "model", None)]
-    for p in models:
-        if p is not None:
-            read_structure(p)
-    out = getattr(args, "outdir", None) or getattr(args, "output", None)
-    if out is None or not _local(out):
-        return
-    out = Path(out)
-    if args.command != "composite" and out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder (the output folder)")
-    parent = out if out.is_dir() else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    try:  # a real probe (root passes os.access everywhere): a folder made and removed again
-        os.rmdir(tempfile.mkdtemp(prefix=".reff-dask-probe-", dir=parent))
-    except OSError as e:
-        raise InputError(out, f"cannot write there ({parent}: {e.strerror})") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command not in ("convert", "validate"):
-            precheck(args)
+        from .precheck import precheck
+
+        precheck(args)
         if args.command == "convert":
             from .io.maps import read_map, write_zarr
 
@@ -275,9 +296,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.k_gmm is not None:
                 rs.k_gmm = args.k_gmm
             implicit = None if args.implicit.lower() == "none" else args.implicit
-            from .validation import check_monlib
-
-            check_monlib(args.monlib)
             with dask_client(**_cluster_kw(args)):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
                            args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib)
@@ -294,9 +312,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             from .jobs import composite
 
-            for what, vals in (("-p", args.model), ("-r", args.resolution)):
-                if len(vals) not in (1, len(args.map)):
-                    build_parser().error(f"composite: give {what} once or once per -m ({len(args.map)} maps)")
             with dask_client(**_cluster_kw(args)):
                 composite.run(args.map, args.model, args.resolution, args.output, settings, args.use_model_b,
                               not args.no_resample, args.match_scale, args.chunks)
@@ -323,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     except NumericalError as e:
         print(f"reff-dask {args.command}: numerical failure: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        resume = " (rerun with --resume to continue from the checkpoint)" if args.command == "refine" else ""
+        print(f"reff-dask {args.command}: interrupted; outputs written so far are complete, nothing is "
+              f"half-written{resume}", file=sys.stderr)
+        return 130
     return 1
 
 

@@ -144,6 +144,27 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
 
 
 @contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Worker processes started inside this block ignore SIGINT (they inherit SIG_IGN).
+
+    Ctrl-C in a terminal reaches the whole process group: without this each worker prints its
+    own KeyboardInterrupt traceback while the client is already shutting the cluster down.
+    The client alone handles it and stops the workers; the handler is restored as soon as
+    the cluster is up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextmanager
 def _client(scheduler: str | None, workers: int | None, threads_per_worker: int, memory_limit: str | None,
             cluster: str, jobqueue: JobQueueSettings | None, tls_dir: str | Path | None) -> Iterator[Client]:
     _quiet()
@@ -169,8 +190,10 @@ def _client(scheduler: str | None, workers: int | None, threads_per_worker: int,
     if cluster != "local":
         raise InputError(f"--cluster {cluster}", f"unknown cluster kind; choose one of {KINDS}")
     n = workers or min(os.cpu_count() or 1, 8)
-    with dask.config.set(_WORKER_ENV), \
-            LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                         dashboard_address=None, memory_limit=memory_limit or "auto",
-                         silence_logs=logging.ERROR) as local, Client(local) as client:
-        yield client
+    with dask.config.set(_WORKER_ENV):
+        with _children_ignore_sigint():
+            local = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                                 dashboard_address=None, memory_limit=memory_limit or "auto",
+                                 silence_logs=logging.ERROR)
+        with local, Client(local) as client:
+            yield client

@@ -59,35 +59,6 @@ def test_convert_then_bfactor_on_zarr_agrees(tmp_path, bfactor_run, map_path, mo
     assert a["ccc_refined_b"] == pytest.approx(b["ccc_refined_b"], abs=1e-6)
 
 
-@pytest.mark.parametrize("case", ["missing_map", "text_map", "empty_model", "far_model", "bad_resolution"])
-def test_bad_input_clear_error_no_output(tmp_path, map_path, model_path, case):
-    bad_map, bad_model, res = map_path, model_path, 3.2
-    if case == "missing_map":
-        bad_map = tmp_path / "nope.mrc"
-    elif case == "text_map":
-        bad_map = tmp_path / "text.mrc"
-        bad_map.write_text("hello\n" * 300)
-    elif case == "empty_model":
-        bad_model = tmp_path / "empty.pdb"
-        bad_model.write_text("END\n")
-    elif case == "far_model":
-        st = read_structure(model_path)
-        st[0].transform_pos_and_adp(__import__("gemmi").Transform(__import__("gemmi").Mat33(),
-                                                                  __import__("gemmi").Vec3(300, 0, 0)))
-        bad_model = tmp_path / "far.pdb"
-        st.write_pdb(str(bad_model))
-    elif case == "bad_resolution":
-        res = -3
-    out = tmp_path / "out"
-    r = _cli("bfactor", "-m", bad_map, "-p", bad_model, "-r", res, "-o", out, "--workers", 1)
-    assert r.returncode == 2
-    named = {"missing_map": bad_map, "text_map": bad_map, "empty_model": bad_model, "far_model": bad_model,
-             "bad_resolution": bad_map}[case]
-    assert str(named) in r.stderr and "error" in r.stderr
-    assert "Traceback" not in r.stderr
-    assert not out.exists()
-
-
 def test_joins_running_cluster_by_address(tmp_path, map_path, model_path, bfactor_run):
     """`--scheduler ADDRESS` runs the job on an existing cluster (scheduler + 2 worker processes)."""
     from distributed import LocalCluster

@@ -142,7 +142,7 @@ def test_models_bad_and_good(tmp_path, real_structure, real_atoms, real_map):
     with pytest.raises(InputError, match="no such file"):
         read_structure(tmp_path / "missing.pdb")
     (tmp_path / "empty.pdb").write_text("REMARK nothing here\nEND\n")
-    with pytest.raises(InputError, match="no atoms"):
+    with pytest.raises(InputError, match="no ATOM/HETATM records"):
         read_structure(tmp_path / "empty.pdb")
     far = real_atoms.xyz + 500.0
     lower, upper = np.asarray(real_map.grid.origin), real_map.grid.upper

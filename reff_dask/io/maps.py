@@ -124,18 +124,23 @@ def _mrc_geometry(path: Path, header) -> tuple[tuple[int, int, int], MapGrid, tu
     if mode not in _MRC_DTYPES:
         raise InputError(path, f"unsupported MRC data mode {mode} (complex or packed data)")
     axes = (int(header.mapc), int(header.mapr), int(header.maps))  # labels of cols, rows, sections
-    if sorted(axes) != [1, 2, 3]:
-        axes = (1, 2, 3)  # many writers leave zeros here; the standard order is then meant
+    if axes == (0, 0, 0):
+        axes = (1, 2, 3)  # some writers leave zeros here; the standard order is then meant
+    elif sorted(axes) != [1, 2, 3]:
+        raise InputError(path, f"header axis order mapc/mapr/maps = {axes} is not an order of 1, 2, 3")
     angles = np.array([float(header.cellb.alpha), float(header.cellb.beta), float(header.cellb.gamma)])
     if np.any(angles != 0) and not np.allclose(angles, 90.0, atol=1e-3):
         raise InputError(path, f"non-orthogonal cell (angles {angles.tolist()}); only orthogonal maps are supported")
     sampling = {1: int(header.mx), 2: int(header.my), 3: int(header.mz)}  # by axis label x=1,y=2,z=3
+    if min(sampling.values()) <= 0:
+        raise InputError(path, f"header sampling mx, my, mz = {tuple(sampling.values())}: the voxel size "
+                               "(cell / sampling) is undefined; the header is damaged")
     cell = {1: float(header.cella.x), 2: float(header.cella.y), 3: float(header.cella.z)}
     n_by_label = {axes[0]: nc, axes[1]: nr, axes[2]: ns}
     voxel = []
     for label in (1, 2, 3):
-        m = sampling[label] if sampling[label] > 0 else n_by_label[label]
-        v = cell[label] / m if m > 0 else 0.0
+        m = sampling[label]
+        v = cell[label] / m
         if not np.isfinite(v) or v <= 0 or v > 1000:
             raise InputError(path, f"voxel size along {'xyz'[label - 1]} is {v!r} A (cell {cell[label]} / "
                                    f"sampling {m}); the header is unusable")
@@ -143,11 +148,15 @@ def _mrc_geometry(path: Path, header) -> tuple[tuple[int, int, int], MapGrid, tu
     start_by_file_axis = (int(header.nxstart), int(header.nystart), int(header.nzstart))
     start = {axes[i]: start_by_file_axis[i] for i in range(3)}
     header_origin = np.array([float(header.origin.x), float(header.origin.y), float(header.origin.z)])
-    if np.any(header_origin != 0) and np.all(np.isfinite(header_origin)):
+    if not np.all(np.isfinite(header_origin)):
+        raise InputError(path, f"header origin {header_origin.tolist()} is not finite; the header is damaged")
+    if np.any(header_origin != 0):
         origin = header_origin
     else:
         origin = np.array([start[label] * voxel[label - 1] for label in (1, 2, 3)])
     shape_zyx = (n_by_label[3], n_by_label[2], n_by_label[1])
+    if min(shape_zyx) < 2:
+        raise InputError(path, f"a map of {shape_zyx[::-1]} voxels (x, y, z) is not a 3-D map")
     grid = MapGrid(shape_zyx, tuple(float(v) for v in voxel), tuple(float(o) for o in origin))
     return (ns, nr, nc), grid, axes
 
@@ -241,8 +250,12 @@ def _read_zarr(path, chunks) -> Map:
                                f"axis_order={attrs['axis_order']!r}")
     grid = MapGrid(tuple(int(n) for n in z.shape), tuple(float(v) for v in attrs["voxel_size"]),
                    tuple(float(o) for o in attrs["origin"]))
-    if min(grid.voxel_size) <= 0:
-        raise InputError(path, f"voxel size {grid.voxel_size} is not positive")
+    if not (np.all(np.isfinite(grid.voxel_size)) and min(grid.voxel_size) > 0):
+        raise InputError(path, f"voxel size {grid.voxel_size} is not a positive number")
+    if not np.all(np.isfinite(grid.origin)):
+        raise InputError(path, f"origin {grid.origin} is not finite")
+    if min(grid.shape) < 2:
+        raise InputError(path, f"a map of {grid.shape[::-1]} voxels is not a 3-D map")
     data = da.from_zarr(str(path))
     if chunks is not None and tuple(c[0] for c in data.chunks) != _chunks(chunks, grid.shape):
         # keep the store's own chunks unless they are tiny; Zarr chunks are the unit of I/O

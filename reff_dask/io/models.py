@@ -70,13 +70,14 @@ def read_structure(path: str | Path) -> gemmi.Structure:
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "a folder, not a PDB/mmCIF model file")
+    _check_text(path)
     try:
         st = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError, OSError) as e:
         raise InputError(path, f"not a readable PDB/mmCIF model ({e})") from None
     st.setup_entities()
     if len(st) == 0 or st[0].count_atom_sites() == 0:
-        raise InputError(path, "the model has no atoms")
+        raise InputError(path, _why_no_atoms(path))
     if len(st) > 1:
         raise InputError(path, f"{len(st)} models (MODEL records); refinement takes one: write the one "
                                "to use to its own file (e.g. gemmi convert --select-model)")
@@ -97,6 +98,36 @@ def read_structure(path: str | Path) -> gemmi.Structure:
         raise InputError(path, f"negative occupancy: {', '.join(neg[:5])}" + (f" (and {len(neg) - 5} more)"
                                                                             if len(neg) > 5 else ""))
     return st
+
+
+def _check_text(path: Path) -> None:
+    """Refuse an empty file or one that is not text (binary bytes in its first 64 KiB, gzip aside)."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    if not head:
+        raise InputError(path, "the file is empty")
+    if head[:2] == b"\x1f\x8b":
+        return  # gzipped PDB/mmCIF: gemmi reads it
+    if b"\x00" in head or sum(b < 9 or 13 < b < 32 or b > 126 for b in head) > 0.05 * len(head):
+        raise InputError(path, "binary data, not a PDB/mmCIF text file")
+
+
+def _why_no_atoms(path: Path) -> str:
+    """Say why gemmi found no atom: an mmCIF without the coordinate columns, a PDB without records."""
+    try:
+        doc = gemmi.cif.read(str(path))
+    except (RuntimeError, ValueError, OSError):
+        doc = None
+    if doc is not None and len(doc) and any(True for _ in doc[0]):
+        table = doc[0].find_mmcif_category("_atom_site.")
+        if not table or len(table) == 0:
+            return "mmCIF without atoms (no _atom_site table)"
+        tags = set(table.tags)
+        missing = [c for c in ("Cartn_x", "Cartn_y", "Cartn_z") if f"_atom_site.{c}" not in tags]
+        if missing:
+            return f"mmCIF _atom_site table lacks {', '.join(missing)}"
+        return "mmCIF _atom_site table holds no atom gemmi can read"
+    return "no ATOM/HETATM records (not a PDB or mmCIF model?)"
 
 
 def atom_table(st: gemmi.Structure, path: str | Path = "model") -> AtomTable:

@@ -44,7 +44,51 @@ def load_inputs(map_path: str, model_path: str, chunks, resolution: float | None
         m.data = m.data.persist()
     stats = map_stats(m)
     check_map_values(m, stats)
+    for line in map_warnings(m, stats, atoms):
+        print(f"warning: {line}", file=sys.stderr)
     return Inputs(m, stats, st, atoms, outside)
+
+
+#: Solvent level (map median) further than this many standard deviations from zero is reported.
+SOLVENT_WARN_SD = 1.0
+
+
+def map_warnings(m: Map, stats: dict, atoms: AtomTable) -> list[str]:
+    """What a user should know about a map before trusting a fit to it: density at the model's
+    atoms below the map mean (an inverted map: protein dark), a solvent level far from zero
+    (SMOCf is a Manders overlap, as in TEMPy, and reads the zero level as 'no density')."""
+    out = []
+    sd = stats["std"]
+    idx = np.rint((atoms.xyz[~atoms.hydrogen] - np.asarray(m.grid.origin)) / np.asarray(m.grid.voxel_size))
+    idx = idx.astype(np.int64)[:, ::-1]
+    ok = np.all((idx >= 0) & (idx < np.asarray(m.grid.shape)), axis=1)
+    if ok.any():
+        at_atoms = np.asarray(m.data.vindex[tuple(idx[ok].T)].compute(), dtype=np.float64)
+        z = (float(at_atoms.mean()) - stats["mean"]) / sd
+        if z < 0:
+            out.append(f"{m.path}: density at the model's atoms is below the map mean ({z:+.2f} sd): is the map "
+                       "inverted (protein dark)? Fits and scores take protein as positive density; flip its sign")
+    step = max(1, int(round((np.prod(m.grid.shape) / 2e6) ** (1 / 3))))
+    sample = np.asarray(m.data[::step, ::step, ::step].compute(), dtype=np.float64)
+    solvent = float(np.median(sample))
+    if abs(solvent) > SOLVENT_WARN_SD * sd:
+        out.append(f"{m.path}: solvent level (map median) is {solvent:.4g}, {solvent / sd:+.1f} sd from zero; "
+                   "SMOCf (a Manders overlap, as in TEMPy) reads zero as empty space: subtract the solvent "
+                   "level first for comparable SMOCf")
+    return out
+
+
+def b_cap_warning(sigma: np.ndarray, sigma_max: float, inside: np.ndarray) -> str | None:
+    """A line about atoms whose width reached the cap, or ``None`` when few (< 1%) did."""
+    from ..io.models import sigma_to_b
+
+    at_cap = int(np.sum(np.isclose(sigma[inside], sigma_max, rtol=1e-3)))
+    n = int(inside.sum())
+    if at_cap <= 0.01 * max(n, 1):
+        return None
+    return (f"{at_cap} of {n} atoms reached the width cap (sigma {sigma_max:g} A = B {float(sigma_to_b(sigma_max)):.0f}"
+            " A^2): their density is weak or missing (disorder, or the model is off the map there); their B is "
+            "a lower bound. Raise --sigma-max to let them widen, or check the fit of those parts")
 
 
 def check_md_options(forcefield: str, implicit: str | None, platform: str | None) -> None:

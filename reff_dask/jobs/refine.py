@@ -22,7 +22,7 @@ from ..refine import RefineSettings, minimise, refine_positions
 from ..scores import score_models
 from ..validation import geometry_changes, validate_geometry
 from .score import _nan_to_none, write_outputs
-from .inputs import check_md_options, load_inputs
+from .inputs import b_cap_warning, check_md_options, load_inputs
 
 
 def _say(text: str) -> None:
@@ -92,6 +92,10 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         b = refine_bfactors(m, atoms.xyz, atoms.weight, bfactor_settings, residue=atoms.residue,
                             progress=lambda r: _say(f"B stage iteration {r['iteration']:3d}  CCC {r['ccc']:.4f}"))
         state, b_hist = b.state, b.history
+        inside = np.all((atoms.xyz >= m.grid.origin) & (atoms.xyz <= m.grid.upper), axis=1)
+        cap = b_cap_warning(state.sigma, bfactor_settings.sigma_max, inside)
+        if cap:
+            _say(f"warning: {cap}")
     t_bstage = time.perf_counter() - t0
     result = refine_positions(m, atoms.xyz, atoms.weight, state, prepared, settings, outdir=out,
                               run_meta=run_meta, resume=resume, progress=_progress)

@@ -15,6 +15,7 @@ import numpy as np
 from ..io.atomic import write_text
 from ..io.models import atom_table, check_in_box, model_labels, read_structure
 from ..scores import ScoreSettings, ScoreTable, score_models
+from ..precheck import check_contour
 from .inputs import load_inputs
 from .score_plots import chain_plot
 
@@ -82,6 +83,7 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
     settings = settings or ScoreSettings()
     inp = load_inputs(map_path, model_paths[0], chunks, resolution)
     m = inp.map
+    check_contour(m, inp.map_stats, settings.contour)
     structures = {}
     labels = model_labels(model_paths)
     atoms_outside = {}
