@@ -49,7 +49,12 @@ class RefineSettings:
       5ME2 -> EMD-3488 the CA RMSD to 5NI1 is lowest near iteration 10 and grows after);
     target_sigma_A: the one Gaussian width (A) of the E-step that gives targets
       (None: 0.225 x resolution, see :func:`position_targets`);
-    well_width_A: width (A) of every GMM well (None: each atom's width from the B stage).
+    well_width_A: width (A) of every GMM well (None: each atom's width from the B stage);
+    md_groups: MD tasks per EM iteration, each a group of whole chains with its neighbours
+      fixed (None: one per worker of the cluster, one in-process; never more than chains).
+      Fewer, larger groups cost less: every group simulates a shell of fixed neighbours
+      besides its own atoms, and on haemoglobin one chain's shell is larger than the chain
+      (:func:`md_groups`, BENCHMARKS.md).
     """
 
     resolution: float
@@ -69,6 +74,7 @@ class RefineSettings:
     final_rounds: int = 3
     target_sigma_A: float | None = None
     well_width_A: float | None = None
+    md_groups: int | None = None
 
 
 @dataclass
@@ -83,8 +89,31 @@ class RefineResult:
     timing: dict = field(default_factory=dict)
 
 
+def md_groups(prepared: PreparedModel, n: int) -> list[str | tuple[str, ...]]:
+    """The simulated chains in ``n`` groups (at most one per chain) of about equal particle
+    count, each a run of neighbouring chains: chains are ordered along the longest axis of
+    their centres (principal component) and the order is cut into ``n`` runs. A group of one
+    chain is its name, a larger group a tuple of names."""
+    chains = list(prepared.chains)
+    n = max(1, min(int(n), len(chains)))
+    if n == len(chains):
+        return chains
+    pos = prepared.positions_A
+    centres = np.array([pos[prepared.chain_particles(c)].mean(axis=0) for c in chains])
+    size = np.array([len(prepared.chain_particles(c)) for c in chains], dtype=float)
+    centred = centres - centres.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0] if len(chains) > 1 else np.zeros(3)
+    order = np.argsort(centred @ axis, kind="stable")
+    mid = np.cumsum(size[order]) - size[order] / 2
+    label = np.minimum((mid / size.sum() * n).astype(int), n - 1)
+    groups = [tuple(chains[i] for i in order[label == g]) for g in range(n)]
+    groups = [g for g in groups if g]
+    return [g[0] if len(g) == 1 else g for g in groups]
+
+
 class ChainRunner:
-    """Runs one MD segment per chain, as Dask tasks when a client is active, else in-process."""
+    """Runs one MD segment per group of chains (:func:`md_groups`), as Dask tasks when a client
+    is active, else in-process."""
 
     def __init__(self, prepared: PreparedModel, settings: RefineSettings, run_id: str):
         self.prepared, self.settings, self.run_id = prepared, settings, run_id
@@ -95,16 +124,18 @@ class ChainRunner:
             self.client = get_client()
         except (ImportError, ValueError):
             self.client = None
+        workers: list[str] = []
         if self.client is not None:
             self._prepared = self.client.scatter(prepared, broadcast=True, hash=False)
             workers = sorted(self.client.scheduler_info()["workers"])
-            self._home = {c: workers[i % len(workers)] for i, c in enumerate(prepared.chains)}
+        self.groups = md_groups(prepared, settings.md_groups or max(len(workers), 1))
+        self._home = {g: workers[i % len(workers)] for i, g in enumerate(self.groups)} if workers else {}
 
     def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
-            preset: str | None = None, chains: list[str | None] | None = None) -> np.ndarray:
-        """New positions of all MD particles (A) after one segment of every chain
-        (``chains``: default every chain, one task each; [None]: the whole model in one task)."""
-        chains = self.prepared.chains if chains is None else chains
+            preset: str | None = None, chains: list | None = None) -> np.ndarray:
+        """New positions of all MD particles (A) after one segment of every group of chains
+        (``chains``: default :attr:`groups`, one task each; [None]: the whole model in one task)."""
+        chains = self.groups if chains is None else chains
         s = self.settings
         kw = dict(run_id=self.run_id, iteration=iteration, seed=s.seed, preset=preset or s.preset,
                   k_gmm=s.k_gmm, neighbour_cutoff_A=s.neighbour_cutoff_A, steps=s.steps if not preset else None,

@@ -18,7 +18,7 @@ from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..md.prepare import prepare_model
 from ..md.simulate import choose_platform
 from ..plots import refine_plot
-from ..refine import RefineSettings, minimise, refine_positions
+from ..refine import md_groups, RefineSettings, minimise, refine_positions
 from ..scores import score_models
 from ..validation import geometry_changes, validate_geometry
 from .score import _nan_to_none, write_outputs
@@ -76,8 +76,12 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         _say(f"kept fixed (no force-field parameters): {len(prepared.excluded)} residues, e.g. "
              + ", ".join(f"{e.chain}/{e.resname}{e.resnum}" for e in prepared.excluded[:6]))
     platform = choose_platform(settings.platform)[0].getName()
+    from distributed import get_client
+
+    groups = md_groups(prepared, settings.md_groups or len(get_client().scheduler_info()["workers"]))
     _say(f"MD system: {prepared.n_particles} particles, chains {prepared.chains} ({t_prepare:.1f} s); "
-         f"OpenMM platform {platform}")
+         f"OpenMM platform {platform}; {len(groups)} MD task(s) per iteration: "
+         + ", ".join("+".join((g,) if isinstance(g, str) else g) for g in groups))
     if implicit and platform == "CPU":
         _say("note: implicit solvent on the CPU platform costs ~50x the steps of vacuum (BENCHMARKS.md); "
              "on a machine without a GPU consider --implicit none or --preset fast")

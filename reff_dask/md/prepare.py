@@ -128,13 +128,18 @@ class PreparedModel:
     def n_particles(self) -> int:
         return self.system.getNumParticles()
 
-    def chain_particles(self, chain: str) -> np.ndarray:
-        """MD particle indices (sorted) of input chain ``chain``."""
-        return np.flatnonzero(self.particle_chain == chain)
+    def in_chains(self, chain: str | tuple[str, ...]) -> np.ndarray:
+        """(n_particles,) bool: particles of input chain ``chain`` (or of any chain of a tuple)."""
+        names = (chain,) if isinstance(chain, str) else tuple(chain)
+        return np.isin(self.particle_chain, names)
 
-    def chain_input_atoms(self, chain: str) -> np.ndarray:
-        """Input atom indices of ``chain`` that are simulated (sorted)."""
-        p = self.particle_atom[self.particle_chain == chain]
+    def chain_particles(self, chain: str | tuple[str, ...]) -> np.ndarray:
+        """MD particle indices (sorted) of input chain ``chain`` (or of a tuple of chains)."""
+        return np.flatnonzero(self.in_chains(chain))
+
+    def chain_input_atoms(self, chain: str | tuple[str, ...]) -> np.ndarray:
+        """Input atom indices of ``chain`` (or of a tuple of chains) that are simulated (sorted)."""
+        p = self.particle_atom[self.in_chains(chain)]
         return np.sort(p[p >= 0])
 
     def input_positions_A(self, particle_positions_A: np.ndarray,
@@ -488,7 +493,7 @@ def prepare_model(
     if shield and len(left):
         info = [(table[i][2].element.name, table[i][2].name, model[table[i][0]][table[i][1]].name,
                  chain_names[table[i][0]], model[table[i][0]][table[i][1]].seqid.num) for i in left]
-        pos_A = add_shields(system, top, pos_A, info, in_xyz[left])
+        pos_A = add_shields(system, top, pos_A, info, in_xyz[left], wall=not library_geometry)
         particle_atom = np.concatenate([particle_atom, np.full(len(left), -1, dtype=np.int64)])
         particle_chain = np.concatenate([particle_chain, np.full(len(left), "", dtype=object)])
         n_part = system.getNumParticles()

@@ -28,10 +28,11 @@ __all__ = ["K_WALL", "add_shields", "add_contact_wall"]
 #: back with 8000 kJ/mol/nm, more than the GMM well's steepest pull at its default depth
 #: (300 exp(-1/2) / 0.03 nm); as stiff as a C-H bond, so 2 fs steps stay stable
 K_WALL = 2.0e5
-WALL = 2.0e5
-_CARBONYL = {("C",), ("ASP", "CG"), ("ASN", "CG"), ("GLU", "CD"), ("GLN", "CD")}
 WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=rad1+rad2-0.02-hb*polar1*polar2"
-CONTACT_WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=(rad1+rad2-0.02-hb*polar1*polar2)*heavy1*heavy2"
+#: the contact wall acts between two simulated heavy atoms, and between a stand-in and any
+#: simulated particle (the stand-ins' own wall folded in: one force, one neighbour list)
+CONTACT_WALL = ("k_wall*step(d0-r)*(d0-r)^2; d0=(rad1+rad2-0.02-hb*polar1*polar2)*act; "
+                "act=heavy1*heavy2+shield1+shield2-2*shield1*shield2")
 
 
 def _gb_params(force: openmm.CustomGBForce | openmm.GBSAOBCForce, elements: list[str], element: str) -> list:
@@ -50,11 +51,14 @@ def _gb_params(force: openmm.CustomGBForce | openmm.GBSAOBCForce, elements: list
 
 
 def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.ndarray,
-                atoms: list[tuple[str, str, str, str, int]], xyz_A: np.ndarray) -> np.ndarray:
+                atoms: list[tuple[str, str, str, str, int]], xyz_A: np.ndarray, wall: bool = True) -> np.ndarray:
     """Append one fixed, wall-only particle per atom of ``atoms`` (element, atom name, residue
     name, chain name, residue number) at ``xyz_A`` (A) to ``system`` and ``topology`` (one chain
     "shield"); returns the new (n_particles, 3) positions, A. ``positions_A`` are the
-    simulated particles' positions."""
+    simulated particles' positions. ``wall=False``: no wall force of their own, for a system
+    that gets :func:`add_contact_wall` (which then holds the stand-ins' wall too; a separate
+    force needs an interaction group, which bypasses OpenMM's neighbour list: on haemoglobin's
+    four haems it cost more than the rest of the wall)."""
     n0 = system.getNumParticles()
     if not len(atoms):
         return positions_A
@@ -99,6 +103,7 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
         rad.append(probe_radius(e, name, resname))
         polar.append(e in ("N", "O"))
         elem.append(e)
+    wall_on = wall
     wall = openmm.CustomNonbondedForce(WALL)
     wall.addGlobalParameter("k_wall", K_WALL)
     wall.addGlobalParameter("hb", HBOND_ALLOWANCE_A / 10.0)
@@ -130,7 +135,8 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
                 f.addExclusion(i, j)
     for i, j in links:
         wall.addExclusion(i, j)
-    system.addForce(wall)
+    if wall_on:
+        system.addForce(wall)
     return pos
 
 
@@ -140,7 +146,7 @@ def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
     N/O atoms). AMBER's Lennard-Jones lets a GMM well press e.g. a residue's own N onto a
     side-chain carbon four bonds away (2.8 A); refinement programs hold such contacts with a
     repulsion term of the same kind. Returns the number of heavy atoms in the wall."""
-    heavy, rad, polar = [], [], []
+    heavy, rad, polar, shield = [], [], [], []
     bonded: dict[int, set] = {a.index: set() for a in topology.atoms()}
     for a, b in topology.bonds():
         bonded[a.index].add(b)
@@ -150,7 +156,8 @@ def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
         ph = e == "H" and any(b.element is not None and b.element.symbol in ("N", "O") for b in bonded[a.index])
         rad.append(probe_radius(e, a.name, a.residue.name, ph))
         polar.append(e in ("N", "O"))
-        if e != "H" and a.residue.chain.id != "shield" and system.getParticleMass(a.index)._value > 0:
+        shield.append(a.residue.chain.id == "shield")
+        if e != "H" and not shield[-1] and system.getParticleMass(a.index)._value > 0:
             heavy.append(a.index)
     n = system.getNumParticles()
     if len(rad) != n or not heavy:
@@ -163,10 +170,11 @@ def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
     wall.addPerParticleParameter("rad")
     wall.addPerParticleParameter("polar")
     wall.addPerParticleParameter("heavy")
+    wall.addPerParticleParameter("shield")
     is_heavy = np.zeros(n, dtype=bool)
     is_heavy[heavy] = True
-    for r, p, h in zip(rad, polar, is_heavy):
-        wall.addParticle([r / 10.0, float(p), float(h)])
+    for r, p, h, sh in zip(rad, polar, is_heavy, shield):
+        wall.addParticle([r / 10.0, float(p), float(h), float(sh)])
     wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
     wall.setCutoffDistance(2 * max(rad) / 10.0)
     # pairs within three bonds are the force field's exceptions (1-2, 1-3 excluded, 1-4 scaled):

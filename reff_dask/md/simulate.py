@@ -125,7 +125,7 @@ def neighbour_particles(prepared: PreparedModel, chain: str, positions_A: np.nda
     ``positions_A``, plus those within ``cutoff_A + NEIGHBOUR_MARGIN_A`` at the start
     (``prepared.positions_A``): a function of the inputs only, so a rebuilt simulation (on
     another worker, after a resume) has the same particles as a cached one."""
-    mine = prepared.particle_chain == chain
+    mine = prepared.in_chains(chain)
     others = np.flatnonzero(~mine)
     near = within_cutoff(positions_A[mine], positions_A[others], cutoff_A)
     start = prepared.positions_A
@@ -171,9 +171,9 @@ class ChainSimulation:
         pos = prepared.positions_A if positions_A is None else np.asarray(positions_A, float)
         if pos.shape != (prepared.n_particles, 3):
             raise ValueError(f"positions must be ({prepared.n_particles}, 3) A")
-        if chain is None:  # the whole model, all particles mobile
+        if chain is None:  # the whole model: every simulated particle mobile, stand-ins fixed
             self.mobile = np.flatnonzero(prepared.particle_chain != "")
-            self.fixed = np.zeros(0, dtype=np.int64)
+            self.fixed = np.flatnonzero(prepared.particle_chain == "")
         else:
             self.mobile = prepared.chain_particles(chain)
             self.fixed = neighbour_particles(prepared, chain, pos, self.neighbour_cutoff_A)
