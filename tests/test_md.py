@@ -376,3 +376,70 @@ def test_charmm36_with_haem_runs(st_5ni1):
     assert 0.02 < np.sqrt(((x - x0) ** 2).sum(1).mean()) < 0.5
     assert sim.system.getNumConstraints() == sum(
         pm.system.getParticleMass(int(i))._value < 1.5 for i in sim.mobile)  # one per hydrogen
+
+
+@pytest.mark.parametrize("chain", ["A", None])
+def test_stand_ins_hold_with_library_geometry(st_5ni1, chain):
+    """With the library geometry the stand-ins' wall is part of the contact wall, and the
+    whole-model simulation (chain None: the final stage) keeps the stand-ins too. The distal
+    His58 pulled onto the haem iron by a 50x well (the library restraints stiffen the
+    imidazole; a smaller pull does not reach the haem): with the haem present it stops
+    earlier and makes fewer protein-haem clashes than without it."""
+    st = _chain_a_with_haem(st_5ni1)
+    names = [(r.name, r.seqid.num, a.name) for r in st[0]["A"] for a in r]
+    xyz = _xyz(st)
+    fe = xyz[names.index(("HEM", 201, "FE"))]
+    haem = np.array([n[0] == "HEM" for n in names])
+    out = {}
+    for shield in (True, False):
+        pm = prepare_model(st, implicit=None, shield=shield, library_geometry=True)
+        sim = ChainSimulation(pm, chain, preset="minimise", threads=1)
+        targets = sim.positions.copy()
+        his = np.array([names[i][1] == 58 and names[i][2] not in ("N", "CA", "C", "O") for i in sim.input_atoms])
+        targets[his] = fe
+        sim.set_k_gmm(15000.0)
+        sim.set_targets(targets, 1.5)
+        new = xyz.copy()
+        new[sim.input_atoms] = sim.minimise(max_iterations=2000)
+        moved = np.linalg.norm(new[sim.input_atoms][his] - xyz[sim.input_atoms][his], axis=1).max()
+        clashes = sum(1 for c in find_clashes(st, new).clashes if haem[c.i] != haem[c.j])
+        out[shield] = (moved, clashes)
+    assert out[True][0] < out[False][0] - 1.0, out
+    assert out[True][1] < out[False][1], out
+
+
+def test_md_groups_cover_chains_balanced_and_in_contact(prepared_full):
+    """MD tasks as groups of chains: every chain in exactly one group, sizes balanced, a group's
+    chains next to each other (haemoglobin: each group one alpha-beta pair in contact)."""
+    from reff_dask.refine import md_groups
+
+    pm = prepared_full
+    chains = list(pm.chains)
+    assert md_groups(pm, len(chains)) == chains and md_groups(pm, 99) == chains
+    (one,) = md_groups(pm, 1)
+    assert sorted(one) == sorted(chains)
+    for n in (2, 3):
+        groups = md_groups(pm, n)
+        flat = [c for g in groups for c in ((g,) if isinstance(g, str) else g)]
+        assert len(groups) == n and sorted(flat) == sorted(chains)
+    two = md_groups(pm, 2)
+    sizes = [len(pm.chain_particles(g)) for g in two]
+    assert max(sizes) <= 1.2 * min(sizes)
+    for g in two:
+        a, b = (pm.positions_A[pm.chain_particles(c)] for c in g)
+        d = np.min(np.linalg.norm(a[::7, None] - b[None, ::7], axis=2))
+        assert d < 5.0, (g, d)
+
+
+def test_group_segment_moves_its_chains_only(piece):
+    """One MD task for a group of two chains: its particles are both chains' particles, and
+    the positions it returns are those chains' only."""
+    st, pm = piece
+    pos = pm.positions_A
+    r = run_chain_segment(pm, ("A", "B"), pos, _xyz(st), 1.0, preset="fast", steps=20, threads=1,
+                          use_cache=False)
+    assert np.array_equal(r.particles, np.flatnonzero(np.isin(pm.particle_chain, ["A", "B"])))
+    assert r.particle_positions_A.shape == (len(r.particles), 3)
+    assert np.isfinite(r.particle_positions_A).all()
+    moved = np.linalg.norm(r.particle_positions_A - pos[r.particles], axis=1)
+    assert moved.max() > 0.01
