@@ -297,7 +297,7 @@ def bench_density(case: Case, scale: float, reps: int) -> dict:
         dc.grid.set_size(nx, ny, nz)  # d_min stays 0: gemmi keeps this grid
         r = {"cutoff": dc.cutoff, "blur": dc.blur}
         with peak_rss(r):
-            r.update(summary(timed(lambda: dc.put_model_density_on_grid(case.structure[0]), reps),
+            r.update(summary(timed(lambda dc=dc: dc.put_model_density_on_grid(case.structure[0]), reps),
                              case.voxels))
         g = np.asarray(dc.grid.array)[:, :, z0:z1].transpose(2, 1, 0)  # gemmi [x,y,z] -> [z,y,x]
         r["pearson_vs_ours"] = float(np.corrcoef(g.ravel(), slab.ravel())[0, 1])

@@ -57,7 +57,7 @@ def check_options(args) -> None:
                                             "its B column refined against its own map")
         out = str(args.output).rstrip("/")
         if not out.lower().endswith(MAP_SUFFIXES):
-            raise InputError(args.output, f"the composite is written as a map: name it .mrc, .map or .zarr")
+            raise InputError(args.output, "the composite is written as a map: name it .mrc, .map or .zarr")
 
 
 def check_scheduler(args) -> None:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gemmi
-import numpy as np
 
 from .errors import InputError
 from .md.clashes import find_clashes

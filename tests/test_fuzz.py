@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -20,7 +19,6 @@ import sys
 from pathlib import Path
 
 import gemmi
-import mrcfile
 import numpy as np
 import pytest
 

@@ -9,7 +9,6 @@ Every map here is a :class:`Map`: a float32 Dask array indexed ``[z, y, x]`` plu
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,6 +339,3 @@ def check_map_values(m: Map, stats: dict) -> None:
     if not stats["std"] > 0:
         raise InputError(m.path, "every voxel has the same value; there is no density to fit")
 
-
-def grid_json(grid: MapGrid) -> str:
-    return json.dumps({"shape_zyx": grid.shape, "voxel_size_xyz": grid.voxel_size, "origin_xyz": grid.origin})

@@ -201,8 +201,6 @@ def input_atom_table(structure: gemmi.Structure) -> list[tuple[int, int, gemmi.A
     return out
 
 
-def _is_water(res: gemmi.Residue) -> bool:
-    return res.is_water() or res.name in ("HOH", "WAT", "DOD", "H2O", "TIP3", "SOL")
 
 
 def _kind(res: gemmi.Residue) -> str | None:

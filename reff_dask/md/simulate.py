@@ -203,11 +203,6 @@ class ChainSimulation:
         self._stale = False  # True when the Context has moved past self._pos_nm
 
     # -- state ---------------------------------------------------------------
-    @property
-    def neighbour_set(self) -> np.ndarray:
-        """Full-system indices of the fixed neighbour particles."""
-        return self.fixed
-
     def _new_context(self, seed: int) -> None:
         p = self.preset
         integ = openmm.LangevinMiddleIntegrator(p.temperature_K * unit.kelvin,
