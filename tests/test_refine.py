@@ -113,7 +113,9 @@ def two_chains(real_map, real_structure):
     st = _piece(real_structure, {"A": (1, 40), "B": (1, 40)})
     atoms, state = _bstate(real_map, st)
     prepared = prepare_model(st, implicit=None)
-    settings = RefineSettings(3.2, max_iterations=5, patience=10, **FAST)
+    # md_groups fixed: the default follows the worker count (in-process: one task), and the
+    # cluster run must be the same computation as this in-process one
+    settings = RefineSettings(3.2, max_iterations=5, patience=10, md_groups=2, **FAST)
     plain = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings)
     return atoms, state, prepared, settings, plain
 
@@ -131,7 +133,7 @@ def test_cluster_and_resume_give_the_same_model(real_map, two_chains, tmp_path, 
     assert [h["ccc"] for h in dist.history] == pytest.approx([h["ccc"] for h in plain.history], abs=1e-6)
 
     out = tmp_path / "run"
-    first = RefineSettings(3.2, max_iterations=2, patience=10, **FAST)
+    first = RefineSettings(3.2, max_iterations=2, patience=10, md_groups=2, **FAST)
     refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, first, outdir=out)
     resumed = refine_positions(real_map, atoms.xyz, atoms.weight, state, prepared, settings, outdir=out,
                                resume=True)
