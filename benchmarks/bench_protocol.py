@@ -63,9 +63,12 @@ RR.model_ccc = _mc2
 s = RefineSettings(a.r, **kw)
 res = refine_positions(m, atoms.xyz, atoms.weight, state, prep, s)
 RR.model_ccc = _mc
-fin = minimise(m, res, atoms.weight, prep, s)
+rounds = []
+fin = minimise(m, res, atoms.weight, prep, s, rounds=rounds)
+print("final rounds", [round(r["shift_rms_A"], 3) for r in rounds])
 su = uniform_sigma(a.r)
 out = {"name": a.name, "settings": kw, "iterations": len(res.history), "best_it": res.best_iteration,
+       "final_rounds": len(rounds),
        "wall": time.time() - t0, "cpu": time.process_time() - c0}
 for label, xyz in (("input", atoms.xyz), ("bestmd", res.xyz), ("final", fin)):
     g = validate_geometry(updated_structure(st, xyz=xyz)).overall

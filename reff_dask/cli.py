@@ -186,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "steps with H bonds constrained; minimise = L-BFGS only")
     g.add_argument("--steps", type=_int(1), help="MD steps per EM iteration (overrides the preset)")
     g.add_argument("--k-gmm", type=_nonneg, default=None, help="depth of each atom's target well, kJ/mol (default 300)")
-    g.add_argument("--max-iterations", type=_int(1), default=300, help="EM iterations at most (default 300)")
-    g.add_argument("--patience", type=_int(1), default=5,
-                   help="stop after this many iterations without a better CCC (default 5)")
+    g.add_argument("--max-iterations", type=_int(1), help="EM iterations at most (default 300)")
+    g.add_argument("--patience", type=_int(1),
+                   help="stop after this many iterations without a CCC gain of 0.002 (default 3); the final "
+                        "stage then refines on without thermal noise")
     g.add_argument("--forcefield", default="amber14", help="amber14 (default) or charmm36")
     g.add_argument("--implicit", default="default",
                    help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
@@ -290,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             from .jobs import refine
             from .refine import RefineSettings
 
-            rs = RefineSettings(args.resolution, max_iterations=args.max_iterations, patience=args.patience,
-                                preset=args.preset, steps=args.steps, seed=args.seed, platform=args.platform,
+            given = {k: v for k, v in (("max_iterations", args.max_iterations), ("patience", args.patience))
+                     if v is not None}  # unset: RefineSettings' defaults
+            rs = RefineSettings(args.resolution, **given, preset=args.preset, steps=args.steps, seed=args.seed, platform=args.platform,
                                 threads=args.threads, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
             if args.k_gmm is not None:
                 rs.k_gmm = args.k_gmm

@@ -224,3 +224,27 @@ def test_refine_refuses_unknown_md_options(tmp_path, map_path, model_path, optio
     assert r.returncode == 2
     assert option[1] in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_final_stage_rounds_until_the_model_stops_moving(real_map, two_chains):
+    """The final stage repeats (targets, whole-model minimisation) until a round moves the atoms
+    less than final_shift_A rms, at most final_rounds; each round's shift is reported, and the
+    shifts shrink."""
+    from dataclasses import replace
+
+    from reff_dask.refine import minimise
+
+    atoms, state, prepared, settings, plain = two_chains
+    rounds: list[dict] = []
+    xyz = minimise(real_map, plain, atoms.weight, prepared, replace(settings, final_rounds=10, final_shift_A=0.02),
+                   rounds=rounds)
+    shifts = [r["shift_rms_A"] for r in rounds]
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+    assert all(s >= 0.02 for s in shifts[:-1])
+    assert shifts[-1] < 0.02 or len(rounds) == 10
+    assert shifts[-1] < shifts[0]
+    assert np.isfinite(xyz).all()
+    capped: list[dict] = []
+    minimise(real_map, plain, atoms.weight, prepared, replace(settings, final_rounds=2, final_shift_A=0.0),
+             rounds=capped)
+    assert len(capped) == 2

@@ -104,12 +104,14 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     result = refine_positions(m, atoms.xyz, atoms.weight, state, prepared, settings, outdir=out,
                               run_meta=run_meta, resume=resume, progress=_progress)
     t0 = time.perf_counter()
-    xyz_min = minimise(m, result, atoms.weight, prepared, settings)
+    final_rounds: list[dict] = []
+    xyz_min = minimise(m, result, atoms.weight, prepared, settings, rounds=final_rounds)
     ccc_min, _ = model_ccc(m, xyz_min, atoms.weight, uniform_sigma(resolution))
     t_min = time.perf_counter() - t0
     final_xyz, final_label, ccc_final = xyz_min, "best MD, minimised", ccc_min
     _say(f"CCC {result.ccc_start:.4f} -> {result.ccc_best:.4f} (best MD, iteration {result.best_iteration}), "
-         f"{ccc_min:.4f} after the final minimisation")
+         f"{ccc_min:.4f} after the final stage ({len(final_rounds)} rounds of targets + whole-model "
+         f"minimisation, last moved {final_rounds[-1]['shift_rms_A']:.3f} A rms)")
 
     # per-atom widths (B) at the final positions: the per-atom phase of the B stage from its widths
     b_settings = replace(bfactor_settings, residue_iterations=0)
@@ -142,7 +144,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "riders": prepared.n_riders, "library_terms": prepared.library_terms,
         "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, atoms.xyz, final_xyz),
         "scores_per_chain": scores["chain_means"], "scores": scores["model_means"],
-        "bfactor_stage": b_hist, "iterations": result.history,
+        "bfactor_stage": b_hist, "iterations": result.history, "final_rounds": final_rounds,
         "openmm_platform": platform,
         "settings": {"refine": settings.__dict__, "bfactor": bfactor_settings.__dict__,
                      "forcefield": forcefield, "implicit": str(implicit)},
