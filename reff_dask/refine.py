@@ -238,6 +238,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
                                preset="minimise",
                                chains=[None])
         xyz = prepared.input_positions_A(particles, xyz)
+        particles = prepared.place_riders(particles, xyz)
         t1 = time.perf_counter()
         ccc_relaxed, _ = model_ccc(m, xyz, weight, s_uniform)
         t_md += t1 - t0
@@ -254,6 +255,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         t1 = time.perf_counter()
         particles = runner.run(particles, targets, well_widths(state, s), it)
         xyz = prepared.input_positions_A(particles, xyz)
+        particles = prepared.place_riders(particles, xyz)
         t2 = time.perf_counter()
         ccc, ccc_mask = model_ccc(m, xyz, weight, s_uniform)
         t3 = time.perf_counter()
@@ -310,6 +312,7 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
         particles = runner.run(particles, targets, well_widths(state, settings), iteration=10**6 + r,
                                preset="minimise", chains=[None])
         new = prepared.input_positions_A(particles, xyz)
+        particles = prepared.place_riders(particles, new)
         shift = float(np.sqrt(np.mean(np.sum((new - xyz) ** 2, axis=1))))
         xyz = new
         if rounds is not None:

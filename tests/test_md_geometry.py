@@ -146,3 +146,37 @@ def test_omega_restraints_stiffen_beyond_3_5_A(real_structure):
         k[res] = f.getTorsionParameters(0)[4][0]
     assert k[3.2] == np_approx(KT / math.radians(5.0) ** 2, 1e-6)
     assert k[7.0] == np_approx(4 * k[3.2], 1e-6)
+
+
+def test_five_prime_phosphates_are_walls_that_move_with_them(shared_case):
+    """The riders (5' P, OP1, OP2) have wall-only stand-ins that follow them, so other atoms
+    cannot move into them (a refinement pressed chain Q's G18 O3' to 2.46 A of chain P's 5' P
+    before). G18 pulled onto that P with a 5x well: with the stand-ins its O3' stops at the
+    wall; without them it moves to within 1.3 A."""
+    from reff_dask.md.simulate import ChainSimulation
+
+    case = shared_case("emd_11007_rna")
+    st = read_structure(case / "6yyt_rna_PQTU.pdb")
+    prep = prepare_model(st, "amber14", None)
+    assert len(prep.rider_particles) == 12
+    np.testing.assert_allclose(prep.positions_A[prep.rider_particles], prep.input_start_A[prep.rider_atoms])
+    moved = prep.input_positions_A(prep.positions_A + [1.0, 0.0, 0.0], prep.input_start_A)
+    placed = prep.place_riders(prep.positions_A + [1.0, 0.0, 0.0], moved)
+    np.testing.assert_allclose(placed[prep.rider_particles], prep.input_start_A[prep.rider_atoms] + [1.0, 0.0, 0.0],
+                               atol=1e-9)
+
+    names = [(ch.name, r.seqid.num, a.name) for ch in st[0] for r in ch for a in r]
+    xyz = prep.input_start_A
+    p5, o3 = names.index(("P", 5, "P")), names.index(("Q", 18, "O3'"))
+    dist = {}
+    for shield in (True, False):
+        pm = prep if shield else prepare_model(st, "amber14", None, shield=False)
+        sim = ChainSimulation(pm, "Q", preset="minimise", threads=1)
+        targets = sim.positions.copy()
+        g18 = np.array([names[i][:2] == ("Q", 18) for i in sim.input_atoms])
+        targets[g18] += xyz[p5] - xyz[o3]
+        sim.set_k_gmm(1500.0)
+        sim.set_targets(targets, 1.5)
+        new = sim.minimise(max_iterations=2000)
+        dist[shield] = float(np.linalg.norm(new[list(sim.input_atoms).index(o3)] - xyz[p5]))
+    assert dist[True] > 2.7 and dist[False] < 1.5, dist

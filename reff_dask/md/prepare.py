@@ -103,6 +103,8 @@ class PreparedModel:
         atoms without an MD particle (a 5' phosphate, alternate conformations after the
         first, atoms the template lacks): riders follow the anchors (the residue's nearest
         simulated atoms) rigidly, so no bond to them is stretched.
+    rider_atoms, rider_particles : heavy riders (input indices) and their wall-only stand-in
+        particles, which :meth:`place_riders` keeps where the riders are.
     input_start_A : (n_input_atoms, 3) input positions, A (the riders' reference).
     input_hydrogen : (n_input_atoms,) bool, input atoms that are hydrogens.
     """
@@ -121,6 +123,8 @@ class PreparedModel:
     fingerprint: str = field(default="")
     library_terms: dict = field(default_factory=dict)
     riders: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    rider_atoms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rider_particles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     input_start_A: np.ndarray | None = None
     input_hydrogen: np.ndarray | None = None
 
@@ -151,6 +155,14 @@ class PreparedModel:
         out[m] = particle_positions_A[self.atom_map[m]]
         for riders, anchors in self.riders:
             out[riders] = _superpose(self.input_start_A[anchors], out[anchors], self.input_start_A[riders])
+        return out
+
+    def place_riders(self, particle_positions_A: np.ndarray, input_positions_A: np.ndarray) -> np.ndarray:
+        """``particle_positions_A`` (A) with the riders' stand-ins moved to the riders' positions
+        in ``input_positions_A`` (A; from :meth:`input_positions_A`): a copy."""
+        out = np.array(particle_positions_A, dtype=float, copy=True)
+        if len(self.rider_particles):
+            out[self.rider_particles] = input_positions_A[self.rider_atoms]
         return out
 
     @property
@@ -485,16 +497,34 @@ def prepare_model(
         n_library = set_library_equilibria(system, particle_atom, targets)
         n_library.update(add_library_restraints(system, particle_atom, targets, pos_A,
                                                 omega=omega_stiffness(resolution_A)))
-    # atoms left out of MD become fixed stand-ins that simulated atoms cannot enter
+    # atoms left out of MD become fixed stand-ins that simulated atoms cannot enter; heavy
+    # riders (atoms of simulated residues without a particle) too: their stand-ins are moved
+    # with their residue after every MD task (PreparedModel.place_riders)
     simulated_res = {(ci, ri) for ci, _k, rl in segs for ri in rl}
     left = np.array([i for i, (ci, ri, _a) in enumerate(table) if (ci, ri) not in simulated_res], dtype=np.int64)
-    if shield and len(left):
+    riders = _rider_groups(structure, segs, atom_map, in_xyz)
+    top_atoms = list(top.atoms())
+    rider_atoms, exempt = [], []
+    for group, anchors in riders:
+        own = {a.index for p in atom_map[anchors] for a in top_atoms[p].residue.atoms()}
+        for r in group:
+            if not in_h[r]:
+                rider_atoms.append(int(r))
+                exempt.append(own)
+    rider_atoms = np.array(rider_atoms, dtype=np.int64)
+    rider_particles = np.zeros(0, dtype=np.int64)
+    stand_in = np.concatenate([left, rider_atoms]) if shield else np.zeros(0, dtype=np.int64)
+    if len(stand_in):
         info = [(table[i][2].element.name, table[i][2].name, model[table[i][0]][table[i][1]].name,
-                 chain_names[table[i][0]], model[table[i][0]][table[i][1]].seqid.num) for i in left]
-        pos_A = add_shields(system, top, pos_A, info, in_xyz[left], wall=not library_geometry)
-        particle_atom = np.concatenate([particle_atom, np.full(len(left), -1, dtype=np.int64)])
-        particle_chain = np.concatenate([particle_chain, np.full(len(left), "", dtype=object)])
+                 chain_names[table[i][0]], model[table[i][0]][table[i][1]].seqid.num) for i in stand_in]
+        pos_A = add_shields(system, top, pos_A, info, in_xyz[stand_in], wall=not library_geometry,
+                            exempt=[set()] * len(left) + exempt)
+        rider_particles = n_part + len(left) + np.arange(len(rider_atoms))
+        particle_atom = np.concatenate([particle_atom, np.full(len(stand_in), -1, dtype=np.int64)])
+        particle_chain = np.concatenate([particle_chain, np.full(len(stand_in), "", dtype=object)])
         n_part = system.getNumParticles()
+    else:
+        rider_atoms = np.zeros(0, dtype=np.int64)
     if library_geometry:
         n_library["contact_wall_atoms"] = add_contact_wall(system, top)
     particle_chain = particle_chain.astype(str)
@@ -523,7 +553,9 @@ def prepare_model(
         nonbonded_cutoff_nm=None if nonbonded_cutoff_A is None else nonbonded_cutoff_A / 10.0,
         n_input_atoms=n_input,
         library_terms=n_library,
-        riders=_rider_groups(structure, segs, atom_map, in_xyz),
+        riders=riders,
+        rider_atoms=rider_atoms,
+        rider_particles=rider_particles,
         input_start_A=in_xyz,
         input_hydrogen=in_h,
     )

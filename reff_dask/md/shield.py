@@ -51,14 +51,17 @@ def _gb_params(force: openmm.CustomGBForce | openmm.GBSAOBCForce, elements: list
 
 
 def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.ndarray,
-                atoms: list[tuple[str, str, str, str, int]], xyz_A: np.ndarray, wall: bool = True) -> np.ndarray:
+                atoms: list[tuple[str, str, str, str, int]], xyz_A: np.ndarray, wall: bool = True,
+                exempt: list[set[int]] | None = None) -> np.ndarray:
     """Append one fixed, wall-only particle per atom of ``atoms`` (element, atom name, residue
     name, chain name, residue number) at ``xyz_A`` (A) to ``system`` and ``topology`` (one chain
     "shield"); returns the new (n_particles, 3) positions, A. ``positions_A`` are the
     simulated particles' positions. ``wall=False``: no wall force of their own, for a system
     that gets :func:`add_contact_wall` (which then holds the stand-ins' wall too; a separate
     force needs an interaction group, which bypasses OpenMM's neighbour list: on haemoglobin's
-    four haems it cost more than the rest of the wall)."""
+    four haems it cost more than the rest of the wall). ``exempt[k]``: simulated particles
+    the k-th stand-in has no wall with (a rider's own residue, whose bonded neighbours sit
+    inside any wall distance)."""
     n0 = system.getNumParticles()
     if not len(atoms):
         return positions_A
@@ -119,10 +122,13 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
     # nonbonded force, so the force field's exceptions are copied and the links added to both
     pos = np.vstack([positions_A, xyz_A])
     cov = np.array([gemmi.Element(e).covalent_r if e != "X" else 0.7 for e in elem])
-    links = []
-    for s in shield:
+    links = set()
+    for k, s in enumerate(shield):
         d = np.linalg.norm(pos[:n0] - pos[s], axis=1)
-        links += [(int(s), int(j)) for j in np.flatnonzero(d < cov[:n0] + cov[s] + 0.45)]
+        links.update((int(s), int(j)) for j in np.flatnonzero(d < cov[:n0] + cov[s] + 0.45))
+        if exempt is not None and exempt[k]:
+            links.update((int(s), int(j)) for j in exempt[k])
+    links = sorted(links)
     for f in system.getForces():
         if isinstance(f, openmm.NonbondedForce):
             for k in range(f.getNumExceptions()):
