@@ -48,6 +48,16 @@ def _say_geometry(before, after) -> None:
         _say(f"  {name:>4}: " + ", ".join(f"{label} {fmt % b[k]} -> {fmt % a[k]}" for k, label, fmt in cols))
 
 
+def _n_workers() -> int:
+    """Workers of the active Dask client; 1 without one (in-process, one MD task)."""
+    try:
+        from distributed import get_client
+
+        return max(len(get_client().scheduler_info()["workers"]), 1)
+    except (ImportError, ValueError):
+        return 1
+
+
 def _per_chain_rmsd(atoms, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     d2 = np.sum((a - b) ** 2, axis=1)
     return {name: float(np.sqrt(d2[atoms.chain == i].mean())) for i, name in enumerate(atoms.chain_names)}
@@ -76,9 +86,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         _say(f"kept fixed (no force-field parameters): {len(prepared.excluded)} residues, e.g. "
              + ", ".join(f"{e.chain}/{e.resname}{e.resnum}" for e in prepared.excluded[:6]))
     platform = choose_platform(settings.platform)[0].getName()
-    from distributed import get_client
-
-    groups = md_groups(prepared, settings.md_groups or len(get_client().scheduler_info()["workers"]))
+    groups = md_groups(prepared, settings.md_groups or _n_workers())
     _say(f"MD system: {prepared.n_particles} particles, chains {prepared.chains} ({t_prepare:.1f} s); "
          f"OpenMM platform {platform}; {len(groups)} MD task(s) per iteration: "
          + ", ".join("+".join((g,) if isinstance(g, str) else g) for g in groups))
