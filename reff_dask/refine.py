@@ -94,6 +94,10 @@ class RefineResult:
     timing: dict = field(default_factory=dict)
 
 
+#: Times an iteration's MD tasks are resubmitted after their inputs were lost with a worker.
+MD_RETRIES = 3
+
+
 def md_groups(prepared: PreparedModel, n: int) -> list[str | tuple[str, ...]]:
     """The simulated chains in ``n`` groups (at most one per chain) of about equal particle
     count, each a run of neighbouring chains: chains are ordered along the longest axis of
@@ -129,12 +133,40 @@ class ChainRunner:
             self.client = get_client()
         except (ImportError, ValueError):
             self.client = None
-        workers: list[str] = []
-        if self.client is not None:
-            self._prepared = self.client.scatter(prepared, broadcast=True, hash=False)
-            workers = sorted(self.client.scheduler_info()["workers"])
+        workers = self._share_prepared() if self.client is not None else []
         self.groups = md_groups(prepared, settings.md_groups or max(len(workers), 1))
+        self._place(workers)
+
+    def _share_prepared(self) -> list[str]:
+        """Scatter the prepared model to every worker; returns the workers' addresses."""
+        self._prepared = self.client.scatter(self.prepared, broadcast=True, hash=False)
+        return sorted(self.client.scheduler_info()["workers"])
+
+    def _place(self, workers: list[str]) -> None:
+        """A home worker per group (round-robin), where its OpenMM system is kept between iterations."""
         self._home = {g: workers[i % len(workers)] for i, g in enumerate(self.groups)} if workers else {}
+
+    def _submit_all(self, chains, particles, targets, widths, kw) -> list:
+        """One task per group on the cluster, gathered; resubmitted after a lost worker took the
+        scattered model with it (:data:`MD_RETRIES`)."""
+        from distributed.client import FutureCancelledError
+
+        for attempt in range(MD_RETRIES + 1):
+            futs = [self.client.submit(run_chain_segment, self._prepared, c, particles, targets, widths,
+                                       workers=[self._home[c]] if c in self._home else None,
+                                       allow_other_workers=c in self._home, pure=False, **kw)
+                    for c in chains]
+            try:
+                return self.client.gather(futs)
+            except FutureCancelledError:
+                # the scattered model was lost with a worker: Dask's active memory manager keeps
+                # one replica of scattered data, and scattered data cannot be recomputed. Scatter
+                # it again to the workers there are now and rerun the iteration's tasks (pure
+                # functions of their inputs: the same result as without the loss)
+                if attempt == MD_RETRIES:
+                    raise
+                self._place(self._share_prepared())
+        raise AssertionError("unreachable")
 
     def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
             preset: str | None = None, chains: list | None = None) -> np.ndarray:
@@ -149,11 +181,7 @@ class ChainRunner:
             results = [run_chain_segment(self.prepared, c, particles, targets, widths, **kw)
                        for c in chains]
         else:
-            futs = [self.client.submit(run_chain_segment, self._prepared, c, particles, targets, widths,
-                                       workers=[self._home[c]] if c in self._home else None,
-                                       allow_other_workers=c in self._home, pure=False, **kw)
-                    for c in chains]
-            results = self.client.gather(futs)
+            results = self._submit_all(chains, particles, targets, widths, kw)
         out = particles.copy()
         for r in results:
             out[r.particles] = r.particle_positions_A

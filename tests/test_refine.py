@@ -248,3 +248,24 @@ def test_final_stage_rounds_until_the_model_stops_moving(real_map, two_chains):
     minimise(real_map, plain, atoms.weight, prepared, replace(settings, final_rounds=2, final_shift_A=0.0),
              rounds=capped)
     assert len(capped) == 2
+
+
+def test_md_tasks_rerun_when_the_scattered_model_is_lost(two_chains, process_cluster):
+    """The prepared model reaches the workers as scattered data, which Dask cannot recompute
+    and of which its memory manager keeps one replica: losing the worker that holds it cancels
+    the iteration's MD tasks ("lost dependencies"). The runner scatters it again and reruns
+    them, to the same positions. Here the loss is made certain by cancelling the scattered
+    future."""
+    from reff_dask.cluster import dask_client
+    from reff_dask.refine import ChainRunner
+
+    atoms, state, prepared, settings, plain = two_chains
+    with dask_client(scheduler=process_cluster) as client:
+        runner = ChainRunner(prepared, settings, run_id="lost-scatter")
+        pos = prepared.positions_A
+        first = runner.run(pos, atoms.xyz, 1.0, iteration=1)
+        lost = runner._prepared
+        client.cancel(lost)
+        again = runner.run(pos, atoms.xyz, 1.0, iteration=1)
+        assert runner._prepared is not lost
+    np.testing.assert_allclose(again, first, atol=1e-6)
