@@ -485,11 +485,13 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
     if client is not None:
         n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
         ahead = s.in_flight or 2 * n_workers
-        shared = _on_workers(client, inp)
+        shared = [_on_workers(client, inp)]  # replaced when lost with a worker (see below)
+        generation = [0]
 
         def submit(k):
             if k < s.max_members and k not in futures:
-                futures[k] = client.submit(run_member, shared, k, pure=False, key=f"ensemble-member-{inp.token[:10]}-{k}")
+                futures[k] = client.submit(run_member, shared[0], k, pure=False,
+                                           key=f"ensemble-member-{inp.token[:10]}-{k}-g{generation[0]}")
 
         for k in range(ahead):
             submit(k)
@@ -503,7 +505,27 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
         if client is None:
             res = run_member(inp, k)
         else:
-            res = futures.pop(k).result()
+            from distributed.client import FutureCancelledError
+
+            for attempt in range(MEMBER_RETRIES + 1):
+                try:
+                    res = futures.pop(k).result()
+                    break
+                except FutureCancelledError:
+                    # the scattered inputs were lost with a worker (Dask keeps one replica of
+                    # scattered data and cannot recompute it): scatter again, resubmit every
+                    # member in flight (each a pure function of its index: same result)
+                    if attempt == MEMBER_RETRIES:
+                        raise
+                    in_flight = sorted({k, *futures})
+                    for f in futures.values():
+                        f.cancel()
+                    futures.clear()
+                    _SCATTERED.clear()
+                    shared[0] = _on_workers(client, inp)
+                    generation[0] += 1
+                    for j in in_flight:
+                        submit(j)
             submit(k + ahead)
         t1 = time.perf_counter()
         members.append(res)
@@ -539,6 +561,8 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
 
 
 _SCATTERED: dict[tuple[int, str], object] = {}
+#: Times the members in flight are resubmitted after their scattered inputs were lost.
+MEMBER_RETRIES = 3
 
 
 def _on_workers(client, inp: MemberInputs):

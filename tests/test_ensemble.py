@@ -198,3 +198,28 @@ def test_cli_bad_input(tmp_path, refined_a, map_path, case):
     assert r.returncode == 2
     assert str(model if case == "zero_b" else mp) in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_members_rerun_when_the_scattered_inputs_are_lost(real_map, setup, grown, process_cluster):
+    """The member inputs reach the workers as scattered data (one replica kept, never
+    recomputed); when it is lost with a worker, the members in flight are cancelled ("lost
+    dependencies"). grow_ensemble scatters again and resubmits them: the ensemble is the same
+    as the in-process one. The loss is made certain by cancelling the scattered future after
+    the first member."""
+    from reff_dask.cluster import dask_client
+
+    st, atoms, sigma, prepared, inp, mask = setup
+    cancelled = []
+
+    def progress(row):
+        if row["member"] == 0:
+            (fut,) = E._SCATTERED.values()
+            fut.cancel()
+            cancelled.append(fut)
+
+    with dask_client(scheduler=process_cluster):
+        res = E.grow_ensemble(real_map, inp, atoms.weight, sigma, mask, progress=progress)
+        assert cancelled and all(f is not cancelled[0] for f in E._SCATTERED.values())
+    assert res.evaluated == grown.evaluated and res.size == grown.size
+    for a, b in zip(res.members, grown.members):
+        np.testing.assert_allclose(a.xyz, b.xyz, atol=1e-6)
