@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
     g.add_argument("--seed", type=_int(0), default=1, help="random seed of the MD (default 1)")
     g.add_argument("--threads", type=_int(0), default=1,
-                   help="OpenMM CPU threads per chain task (default 1: runs are reproducible; chains run in "
-                        "parallel on the workers)")
+                   help="OpenMM CPU threads per MD task (default 1: runs are bitwise reproducible; groups of "
+                        "chains run in parallel on the workers; 0: OpenMM's own choice)")
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
     g.add_argument("--monlib", help="CCP4 monomer library folder (e.g. $CLIBD_MON) for residues the bundled "
                                     "dictionaries lack: geometry targets in MD and the geometry report")
