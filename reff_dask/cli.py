@@ -43,23 +43,22 @@ def _int(lo: int):
 
 def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
     """argparse type: a finite float in the range [lo, hi] (ends open where asked)."""
+    if lo is None:
+        want = "finite"
+    elif hi is None:
+        want = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"want a number, got {text!r}") from None
-        bad = not math.isfinite(v)
-        if lo is not None:
-            bad |= v <= lo if lo_open else v < lo
-        if hi is not None:
-            bad |= v >= hi if hi_open else v > hi
-        if bad:
-            left = "any" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
-            right = "" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
-            rng = f"in {left}, {right}" if hi is not None else (f"{'>' if lo_open else '>='} {lo:g}" if lo is not None
-                                                                 else "finite")
-            raise argparse.ArgumentTypeError(f"want a number {rng}, got {text}")
+        below = lo is not None and (v <= lo if lo_open else v < lo)
+        above = hi is not None and (v >= hi if hi_open else v > hi)
+        if not math.isfinite(v) or below or above:
+            raise argparse.ArgumentTypeError(f"want a number {want}, got {text}")
         return v
 
     return parse

@@ -485,13 +485,13 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
     if client is not None:
         n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
         ahead = s.in_flight or 2 * n_workers
-        shared = [_on_workers(client, inp)]  # replaced when lost with a worker (see below)
-        generation = [0]
+        shared = _on_workers(client, inp)  # scattered again if lost with a worker (below)
+        generation = 0
 
         def submit(k):
             if k < s.max_members and k not in futures:
-                futures[k] = client.submit(run_member, shared[0], k, pure=False,
-                                           key=f"ensemble-member-{inp.token[:10]}-{k}-g{generation[0]}")
+                futures[k] = client.submit(run_member, shared, k, pure=False,
+                                           key=f"ensemble-member-{inp.token[:10]}-{k}-g{generation}")
 
         for k in range(ahead):
             submit(k)
@@ -522,8 +522,8 @@ def grow_ensemble(m: Map, inp: MemberInputs, weight: np.ndarray, model_sigma: np
                         f.cancel()
                     futures.clear()
                     _SCATTERED.clear()
-                    shared[0] = _on_workers(client, inp)
-                    generation[0] += 1
+                    shared = _on_workers(client, inp)
+                    generation += 1
                     for j in in_flight:
                         submit(j)
             submit(k + ahead)

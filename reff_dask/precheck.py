@@ -52,9 +52,9 @@ def check_options(args) -> None:
             if len(vals) not in (1, n):
                 raise InputError(f"composite {what}", f"given {len(vals)} times for {n} maps; give it once or "
                                                       "once per -m")
-        if args.use_model_b and len(set(args.model)) == 1 and n > 1:
-            raise InputError(args.model[0], "--use-model-b needs one model per map (-p once per -m), each with "
-                                            "its B column refined against its own map")
+        from .jobs.composite import check_model_b
+
+        check_model_b(args.model, n, args.use_model_b)
         out = str(args.output).rstrip("/")
         if not out.lower().endswith(MAP_SUFFIXES):
             raise InputError(args.output, "the composite is written as a map: name it .mrc, .map or .zarr")

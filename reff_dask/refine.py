@@ -265,8 +265,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         particles = runner.run(particles, _heavy_only(xyz, prepared), well_widths(state, s), iteration=0,
                                preset="minimise",
                                chains=[None])
-        xyz = prepared.input_positions_A(particles, xyz)
-        particles = prepared.place_riders(particles, xyz)
+        xyz, particles = prepared.follow(particles, xyz)
         t1 = time.perf_counter()
         ccc_relaxed, _ = model_ccc(m, xyz, weight, s_uniform)
         t_md += t1 - t0
@@ -282,8 +281,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         targets = _heavy_only(targets, prepared)
         t1 = time.perf_counter()
         particles = runner.run(particles, targets, well_widths(state, s), it)
-        xyz = prepared.input_positions_A(particles, xyz)
-        particles = prepared.place_riders(particles, xyz)
+        xyz, particles = prepared.follow(particles, xyz)
         t2 = time.perf_counter()
         ccc, ccc_mask = model_ccc(m, xyz, weight, s_uniform)
         t3 = time.perf_counter()
@@ -339,8 +337,7 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
         targets = _heavy_only(targets, prepared)
         particles = runner.run(particles, targets, well_widths(state, settings), iteration=10**6 + r,
                                preset="minimise", chains=[None])
-        new = prepared.input_positions_A(particles, xyz)
-        particles = prepared.place_riders(particles, new)
+        new, particles = prepared.follow(particles, xyz)
         shift = float(np.sqrt(np.mean(np.sum((new - xyz) ** 2, axis=1))))
         xyz = new
         if rounds is not None:

@@ -17,7 +17,7 @@ from ..io.atomic import write_text
 from ..io.maps import write_mrc
 from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..plots import bfactor_plot
-from .inputs import b_cap_warning, load_inputs
+from .inputs import atoms_at_cap, b_cap_warning, load_inputs
 
 
 def _progress(row: dict) -> None:
@@ -61,7 +61,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "atoms": len(atoms), "atoms_outside_map": inp.atoms_outside,
         "ccc_uniform_b": ccc0, "ccc_uniform_b_mask": ccc0_mask,
         "uniform_sigma_A": s_uniform, "uniform_b_A2": float(sigma_to_b(s_uniform)),
-        "atoms_at_b_cap": int(np.sum(np.isclose(sigma[inside], settings.sigma_max, rtol=1e-3))),
+        "atoms_at_b_cap": atoms_at_cap(sigma, settings.sigma_max, inside),
         "ccc_refined_b": result.ccc, "ccc_refined_b_mask": result.ccc_mask,
         "scale": result.state.scale, "noise": result.state.noise,
         "b_percentiles_A2": dict(zip(["p5", "p25", "p50", "p75", "p95"],

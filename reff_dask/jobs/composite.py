@@ -42,6 +42,13 @@ def report_path(out: str | Path) -> Path:
     return Path(local_path(out)).with_suffix(".json")
 
 
+def check_model_b(model_paths: list[str], n_maps: int, use_model_b: bool) -> None:
+    """``use_model_b`` takes each map's widths from its own model's B column: one model per map."""
+    if use_model_b and len(set(model_paths)) == 1 and n_maps > 1:
+        raise InputError(model_paths[0], "--use-model-b needs one model per map (-p once per -m), each with "
+                                         "its B column refined against its own map")
+
+
 def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], out: str,
         settings: BFactorSettings, use_model_b: bool = False, allow_resample: bool = True,
         match_scale: bool = False, chunks=64) -> dict:
@@ -61,9 +68,7 @@ def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], 
     for path, r in zip(map_paths, resolutions):
         if not 0.5 <= r <= 50:
             raise InputError(path, f"resolution {r} A is outside 0.5-50 A")
-    if use_model_b and len(set(model_paths)) == 1 and n > 1:
-        raise InputError(model_paths[0], "--use-model-b needs one model per map (-p once per -m), each with "
-                                         "its B column refined against its own map")
+    check_model_b(model_paths, n, use_model_b)
     maps: list[Map] = []
     for path in map_paths:
         m = read_map(path, chunks)

@@ -78,11 +78,16 @@ def map_warnings(m: Map, stats: dict, atoms: AtomTable) -> list[str]:
     return out
 
 
+def atoms_at_cap(sigma: np.ndarray, sigma_max: float, inside: np.ndarray) -> int:
+    """Atoms inside the map whose width (A) reached the cap ``sigma_max`` (A)."""
+    return int(np.sum(np.isclose(sigma[inside], sigma_max, rtol=1e-3)))
+
+
 def b_cap_warning(sigma: np.ndarray, sigma_max: float, inside: np.ndarray) -> str | None:
     """A line about atoms whose width reached the cap, or ``None`` when few (< 1%) did."""
     from ..io.models import sigma_to_b
 
-    at_cap = int(np.sum(np.isclose(sigma[inside], sigma_max, rtol=1e-3)))
+    at_cap = atoms_at_cap(sigma, sigma_max, inside)
     n = int(inside.sum())
     if at_cap <= 0.01 * max(n, 1):
         return None

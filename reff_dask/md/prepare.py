@@ -157,6 +157,13 @@ class PreparedModel:
             out[riders] = _superpose(self.input_start_A[anchors], out[anchors], self.input_start_A[riders])
         return out
 
+    def follow(self, particle_positions_A: np.ndarray, input_positions_A: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """After MD: (input positions, A, from :meth:`input_positions_A`; particle positions with
+        the riders' stand-ins moved to the riders, from :meth:`place_riders`)."""
+        xyz = self.input_positions_A(particle_positions_A, input_positions_A)
+        return xyz, self.place_riders(particle_positions_A, xyz)
+
     def place_riders(self, particle_positions_A: np.ndarray, input_positions_A: np.ndarray) -> np.ndarray:
         """``particle_positions_A`` (A) with the riders' stand-ins moved to the riders' positions
         in ``input_positions_A`` (A; from :meth:`input_positions_A`): a copy."""
@@ -211,8 +218,6 @@ def input_atom_table(structure: gemmi.Structure) -> list[tuple[int, int, gemmi.A
             for at in res:
                 out.append((ci, ri, at))
     return out
-
-
 
 
 def _kind(res: gemmi.Residue) -> str | None:
@@ -517,7 +522,7 @@ def prepare_model(
     if len(stand_in):
         info = [(table[i][2].element.name, table[i][2].name, model[table[i][0]][table[i][1]].name,
                  chain_names[table[i][0]], model[table[i][0]][table[i][1]].seqid.num) for i in stand_in]
-        pos_A = add_shields(system, top, pos_A, info, in_xyz[stand_in], wall=not library_geometry,
+        pos_A = add_shields(system, top, pos_A, info, in_xyz[stand_in], own_wall=not library_geometry,
                             exempt=[set()] * len(left) + exempt)
         rider_particles = n_part + len(left) + np.arange(len(rider_atoms))
         particle_atom = np.concatenate([particle_atom, np.full(len(stand_in), -1, dtype=np.int64)])

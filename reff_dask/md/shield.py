@@ -51,12 +51,12 @@ def _gb_params(force: openmm.CustomGBForce | openmm.GBSAOBCForce, elements: list
 
 
 def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.ndarray,
-                atoms: list[tuple[str, str, str, str, int]], xyz_A: np.ndarray, wall: bool = True,
+                atoms: list[tuple[str, str, str, str, int]], xyz_A: np.ndarray, own_wall: bool = True,
                 exempt: list[set[int]] | None = None) -> np.ndarray:
     """Append one fixed, wall-only particle per atom of ``atoms`` (element, atom name, residue
     name, chain name, residue number) at ``xyz_A`` (A) to ``system`` and ``topology`` (one chain
     "shield"); returns the new (n_particles, 3) positions, A. ``positions_A`` are the
-    simulated particles' positions. ``wall=False``: no wall force of their own, for a system
+    simulated particles' positions. ``own_wall=False``: no wall force of their own, for a system
     that gets :func:`add_contact_wall` (which then holds the stand-ins' wall too; a separate
     force needs an interaction group, which bypasses OpenMM's neighbour list: on haemoglobin's
     four haems it cost more than the rest of the wall). ``exempt[k]``: simulated particles
@@ -106,42 +106,40 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
         rad.append(probe_radius(e, name, resname))
         polar.append(e in ("N", "O"))
         elem.append(e)
-    wall_on = wall
-    wall = openmm.CustomNonbondedForce(WALL)
-    wall.addGlobalParameter("k_wall", K_WALL)
-    wall.addGlobalParameter("hb", HBOND_ALLOWANCE_A / 10.0)
-    wall.addPerParticleParameter("rad")
-    wall.addPerParticleParameter("polar")
-    for r, p in zip(rad, polar):
-        wall.addParticle([r / 10.0, float(p)])
-    wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
-    wall.setCutoffDistance(2 * max(rad) / 10.0)
-    shield = np.arange(n0, n0 + len(atoms))
-    wall.addInteractionGroup(shield.tolist(), list(range(n0)))
     # covalent links at the start are exempt; OpenMM wants the same exclusions in every
-    # nonbonded force, so the force field's exceptions are copied and the links added to both
+    # nonbonded force, so the force field's exceptions get the links too
+    shield = np.arange(n0, n0 + len(atoms))
     pos = np.vstack([positions_A, xyz_A])
     cov = np.array([gemmi.Element(e).covalent_r if e != "X" else 0.7 for e in elem])
     links = set()
     for k, s in enumerate(shield):
         d = np.linalg.norm(pos[:n0] - pos[s], axis=1)
         links.update((int(s), int(j)) for j in np.flatnonzero(d < cov[:n0] + cov[s] + 0.45))
-        if exempt is not None and exempt[k]:
+        if exempt is not None:
             links.update((int(s), int(j)) for j in exempt[k])
     links = sorted(links)
+    exceptions = []
     for f in system.getForces():
         if isinstance(f, openmm.NonbondedForce):
-            for k in range(f.getNumExceptions()):
-                i, j, *_ = f.getExceptionParameters(k)
-                wall.addExclusion(i, j)
+            exceptions = [tuple(f.getExceptionParameters(k)[:2]) for k in range(f.getNumExceptions())]
             for i, j in links:
                 f.addException(i, j, 0.0, 0.1, 0.0)
         elif isinstance(f, openmm.CustomNonbondedForce):
             for i, j in links:
                 f.addExclusion(i, j)
-    for i, j in links:
-        wall.addExclusion(i, j)
-    if wall_on:
+    if own_wall:
+        wall = openmm.CustomNonbondedForce(WALL)
+        wall.addGlobalParameter("k_wall", K_WALL)
+        wall.addGlobalParameter("hb", HBOND_ALLOWANCE_A / 10.0)
+        wall.addPerParticleParameter("rad")
+        wall.addPerParticleParameter("polar")
+        for r, p in zip(rad, polar):
+            wall.addParticle([r / 10.0, float(p)])
+        wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
+        wall.setCutoffDistance(2 * max(rad) / 10.0)
+        wall.addInteractionGroup(shield.tolist(), list(range(n0)))
+        for i, j in exceptions + links:
+            wall.addExclusion(i, j)
         system.addForce(wall)
     return pos
 
