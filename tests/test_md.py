@@ -401,11 +401,54 @@ def test_stand_ins_hold_with_library_geometry(st_5ni1, chain):
         sim.set_targets(targets, 1.5)
         new = xyz.copy()
         new[sim.input_atoms] = sim.minimise(max_iterations=2000)
+        if shield:  # His58 moved beyond the wall list's margin: listed again, and complete
+            assert sim.wall_lists >= 2
+            pairs, every = _wall_forces(sim, sim._pos_nm)
+            np.testing.assert_allclose(pairs, every, rtol=0, atol=1e-6)
         moved = np.linalg.norm(new[sim.input_atoms][his] - xyz[sim.input_atoms][his], axis=1).max()
         clashes = sum(1 for c in find_clashes(st, new).clashes if haem[c.i] != haem[c.j])
         out[shield] = (moved, clashes)
     assert out[True][0] < out[False][0] - 1.0, out
     assert out[True][1] < out[False][1], out
+
+
+def _wall_forces(sim: ChainSimulation, pos_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Forces of the contact wall on the moving particles at ``pos_nm``: as the simulation
+    lists it (pairs) and as the nonbonded force it was made from (every pair, no list)."""
+    from reff_dask.md.subsystem import extract_subsystem
+
+    full = extract_subsystem(sim.prepared.system, sim.subset, sim._is_mobile)
+    (nonbonded,) = [f for f in full.getForces() if f.getName() == "ContactWall"]
+    out = []
+    for f in (sim.system.getForce(sim._wall_index), nonbonded):
+        s = openmm.System()
+        for _ in range(len(sim.subset)):
+            s.addParticle(1.0)
+        s.addForce(openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(f)))
+        ctx = openmm.Context(s, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(pos_nm)
+        out.append(ctx.getState(getForces=True).getForces(asNumpy=True)._value[sim._is_mobile])
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("chain", ["A", None])
+def test_contact_wall_pairs_act_as_the_nonbonded_wall(prepared_full, chain):
+    """The contact wall runs as a list of pairs within reach (a nonbonded wall walks every pair
+    within the force field's 1 nm cutoff on OpenMM's CPU platform: a third of the MD time).
+    On haemoglobin with its haem stand-ins, chain A with fixed neighbours and the whole model:
+    the same forces on every moving particle as the nonbonded wall, at the start and with every
+    particle moved up to half the list's margin."""
+    from reff_dask.md.shield import WALL_MARGIN_A
+
+    sim = ChainSimulation(prepared_full, chain, preset="fast", threads=1)
+    assert sim.system.getForce(sim._wall_index).getNumBonds() > 1000
+    rng = np.random.default_rng(5)
+    for reach_nm in (0.0, WALL_MARGIN_A / 20.0):
+        step = rng.normal(size=sim._pos_nm.shape)
+        step *= reach_nm * rng.uniform(0, 1, (len(step), 1)) / np.linalg.norm(step, axis=1, keepdims=True)
+        pairs, every = _wall_forces(sim, sim._pos_nm + step * sim._is_mobile[:, None])
+        assert np.abs(every).max() > 100.0  # kJ/mol/nm: some pairs are inside the wall
+        np.testing.assert_allclose(pairs, every, rtol=0, atol=1e-6)
 
 
 def test_md_groups_cover_chains_balanced_and_in_contact(prepared_full):

@@ -33,6 +33,7 @@ import openmm.unit as unit
 from ..errors import NumericalError
 from .force import DEFAULT_K_GMM, make_gmm_force, set_gmm_targets, set_k_gmm
 from .prepare import PreparedModel
+from .shield import WALL_MARGIN_A, pair_wall_force, wall_table
 from .subsystem import extract_subsystem, within_cutoff
 
 __all__ = [
@@ -185,6 +186,11 @@ class ChainSimulation:
         self._fixed_sub = np.flatnonzero(~is_mobile)
         self.system = extract_subsystem(prepared.system, self.subset, is_mobile,
                                         constrain_hbonds=self.preset.constraints == "HBonds")
+        self._is_mobile = is_mobile
+        self._wall, self._wall_index, self._wall_at = None, -1, None
+        for k, f in enumerate(self.system.getForces()):
+            if f.getName() == "ContactWall":  # listed as pairs instead (see pair_wall_force)
+                self._wall, self._wall_index = wall_table(f), k
         # GMM force on mobile particles that are input atoms
         pa = prepared.particle_atom[self.subset]
         gsub = np.flatnonzero(is_mobile & (pa >= 0))
@@ -201,6 +207,27 @@ class ChainSimulation:
         self._context: openmm.Context | None = None
         self._integrator: openmm.Integrator | None = None
         self._stale = False  # True when the Context has moved past self._pos_nm
+        self.wall_lists = 0  # times the contact wall's pair list was made
+        self._list_wall()
+
+    def _list_wall(self, force: bool = True) -> bool:
+        """(Re)list the contact wall's pairs at the current positions when ``force`` or when a
+        particle has moved more than half the list's margin since it was made (a pair could
+        have come within reach unlisted); returns whether it did. A live Context is
+        reinitialised with its state kept."""
+        if self._wall is None:
+            return False
+        if not force and self._wall_at is not None:
+            moved = np.sqrt(np.max(np.sum((self._pos_nm - self._wall_at) ** 2, axis=1), initial=0.0))
+            if moved <= WALL_MARGIN_A / 20.0:
+                return False
+        self.system.removeForce(self._wall_index)
+        self._wall_index = self.system.addForce(pair_wall_force(self._wall, self._pos_nm, self._is_mobile))
+        self._wall_at = self._pos_nm.copy()
+        self.wall_lists += 1
+        if self._context is not None:
+            self._context.reinitialize(preserveState=True)
+        return True
 
     # -- state ---------------------------------------------------------------
     def _new_context(self, seed: int) -> None:
@@ -210,6 +237,8 @@ class ChainSimulation:
                                                 max(p.timestep_fs, 1e-6) * unit.femtosecond)
         integ.setRandomNumberSeed(int(seed))
         integ.setConstraintTolerance(1e-6)
+        self._context = None
+        self._list_wall(force=self._wall_at is None or not np.array_equal(self._wall_at, self._pos_nm))
         self._context = openmm.Context(self.system, integ, self._platform, self._props)
         self._integrator = integ
         self._context.setPositions(self._pos_nm)
@@ -308,6 +337,8 @@ class ChainSimulation:
             return self.minimise()
         n = self.preset.steps if steps is None else int(steps)
         self.context  # create on first use
+        self._sync_from_context()
+        self._list_wall(force=False)
         if n > 0:
             self._integrator.step(n)
             self._stale = True
@@ -320,9 +351,13 @@ class ChainSimulation:
         p = self.preset
         it = p.minimise_iterations if max_iterations is None else int(max_iterations)
         tol = p.minimise_tolerance if tolerance is None else float(tolerance)
-        openmm.LocalEnergyMinimizer.minimize(self.context, tol * unit.kilojoule_per_mole / unit.nanometer, it)
-        self._stale = True
-        self._sync_from_context()
+        self.context  # create on first use
+        for _ in range(_WALL_RELISTS):
+            openmm.LocalEnergyMinimizer.minimize(self._context, tol * unit.kilojoule_per_mole / unit.nanometer, it)
+            self._stale = True
+            self._sync_from_context()
+            if not self._list_wall(force=False):  # no particle left the wall's list: done
+                break
         return self.positions
 
     def energy(self, groups: int | set[int] = -1) -> float:
@@ -333,6 +368,10 @@ class ChainSimulation:
     def gmm_energy(self) -> float:
         """Energy of the GMM force alone, kJ/mol."""
         return self.energy({self.gmm_force.getForceGroup()})
+
+
+#: minimisations repeated with a fresh wall list when atoms moved beyond the old one's margin
+_WALL_RELISTS = 5
 
 
 def _free_group(system: openmm.System) -> int:
