@@ -212,14 +212,16 @@ class ChainSimulation:
 
     def _list_wall(self, force: bool = True) -> bool:
         """(Re)list the contact wall's pairs at the current positions when ``force`` or when a
-        particle has moved more than half the list's margin since it was made (a pair could
-        have come within reach unlisted); returns whether it did. A live Context is
+        particle has moved far enough since the list was made for a pair to have come within
+        reach unlisted; returns whether it did. A live Context is
         reinitialised with its state kept."""
         if self._wall is None:
             return False
         if not force and self._wall_at is not None:
-            moved = np.sqrt(np.max(np.sum((self._pos_nm - self._wall_at) ** 2, axis=1), initial=0.0))
-            if moved <= WALL_MARGIN_A / 20.0:
+            # a heavy-heavy pair closes by both atoms' moves: half the margin each; a hydrogen
+            # meets only stand-ins, which never move: the whole margin
+            moved = np.sqrt(np.sum((self._pos_nm - self._wall_at) ** 2, axis=1))
+            if np.all(moved <= np.where(self._wall.heavy, 0.5, 1.0) * WALL_MARGIN_A / 10.0):
                 return False
         self.system.removeForce(self._wall_index)
         self._wall_index = self.system.addForce(pair_wall_force(self._wall, self._pos_nm, self._is_mobile))
