@@ -72,18 +72,16 @@ def process_cluster(tmp_path):
                                "--scheduler-file", str(sfile)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)]
     try:
-        for _ in range(300):
-            if sfile.exists() and sfile.stat().st_size:
-                break
-            time.sleep(0.1)
+        while not (sfile.exists() and sfile.stat().st_size) and procs[0].poll() is None:
+            time.sleep(0.1)  # the scheduler's own event: its file written (or it died)
         address = json.loads(sfile.read_text())["address"]
         for _ in range(2):
             procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
                                            "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
                                            "--local-directory", str(tmp_path)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        with Client(address, timeout=60) as c:
-            c.wait_for_workers(2, timeout=120)
+        with Client(address, timeout=600) as c:
+            c.wait_for_workers(2, timeout=1800)  # a hang guard; workers start slowly on a busy machine
         yield address
     finally:
         for p in procs[::-1]:

@@ -13,7 +13,7 @@ from reff_dask.io.maps import read_map
 from reff_dask.io.models import atom_table, b_to_sigma, read_structure
 
 
-def _cli(*args, timeout=600):
+def _cli(*args, timeout=1800):
     return subprocess.run([sys.executable, "-m", "reff_dask.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
 
@@ -88,7 +88,7 @@ def test_path_errors_come_before_any_cluster(tmp_path, map_path, model_path, job
         args["out"].write_text("x")
     else:
         args["out"] = "/proc/no/such/folder"
-    r = _cli(job, "-m", args["map"], "-p", args["model"], "-r", 3.2, "-o", args["out"], timeout=120)
+    r = _cli(job, "-m", args["map"], "-p", args["model"], "-r", 3.2, "-o", args["out"], timeout=900)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "error" in lines[0], r.stderr

@@ -133,7 +133,7 @@ def test_growth_stops_when_ccc_stops_improving(real_map, setup):
 # ---------------------------------------------------------------- command line
 
 
-def _cli(*args, timeout=900):
+def _cli(*args, timeout=1800):
     return subprocess.run([sys.executable, "-m", "reff_dask.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
 

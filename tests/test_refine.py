@@ -166,7 +166,7 @@ def test_refine_command_keeps_every_atom_and_reports(tmp_path, real_structure, m
     r = subprocess.run([sys.executable, "-m", "reff_dask.cli", "refine", "-m", map_path, "-p", pdb, "-r", "3.2",
                         "-o", out, "--preset", "fast", "--steps", "20", "--implicit", "none",
                         "--max-iterations", "3", "--iterations", "5", "--residue-iterations", "10",
-                        "--workers", "1"], capture_output=True, text=True, timeout=600)
+                        "--workers", "1"], capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr
     assert "iteration   1" in r.stderr and "HEM" in r.stderr  # progress; the haem is reported
     report = json.loads((out / "report.json").read_text())
@@ -220,7 +220,7 @@ def test_refine_refuses_unknown_md_options(tmp_path, map_path, model_path, optio
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "reff_dask.cli", "refine", "-m", map_path, "-p", model_path,
                         "-r", "3.2", "-o", out, "--workers", "1", *option], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=1800)
     assert r.returncode == 2
     assert option[1] in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()

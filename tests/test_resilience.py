@@ -18,6 +18,8 @@ import pytest
 from reff_dask.bfactor import BFactorSettings, refine_bfactors
 from reff_dask.io.maps import read_map
 
+#: guards against a hang, not a measure of speed: a loaded 2-core machine runs these 10x slower
+HANG_S = 1800
 SETTINGS = BFactorSettings(3.2, iterations=5, residue_iterations=15, tol=0.0)  # no early stop: fixed work
 
 
@@ -52,7 +54,7 @@ def test_worker_killed_mid_refinement_same_result(map_path, real_atoms):
 
         got = _bfactor_run(map_path, real_atoms, progress)
         assert killed.is_set()
-        client.wait_for_workers(2, timeout=60)
+        client.wait_for_workers(2, timeout=HANG_S)
         assert victim not in client.run(os.getpid).values()  # the worker really died
     finally:
         client.close()
@@ -88,7 +90,7 @@ def _refine_cmd(map_path, model, out):
 def test_refine_sigkill_then_resume_same_model(map_path, model_path, tmp_path):
     model = _small_model(model_path, tmp_path)
     full = tmp_path / "full"
-    r = subprocess.run(_refine_cmd(map_path, model, full), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_refine_cmd(map_path, model, full), capture_output=True, text=True, timeout=HANG_S)
     assert r.returncode == 0, r.stderr
 
     cut = tmp_path / "cut"
@@ -96,8 +98,7 @@ def test_refine_sigkill_then_resume_same_model(map_path, model_path, tmp_path):
     p = subprocess.Popen(_refine_cmd(map_path, model, cut), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          start_new_session=True)
     ckpt = cut / "checkpoint.npz"
-    t0 = time.time()
-    while not ckpt.exists() and p.poll() is None and time.time() - t0 < 240:
+    while not ckpt.exists() and p.poll() is None:  # the run's own event, however long it takes
         time.sleep(0.02)
     assert p.poll() is None, "run ended before its first checkpoint"
     os.killpg(p.pid, signal.SIGKILL)
@@ -109,7 +110,7 @@ def test_refine_sigkill_then_resume_same_model(map_path, model_path, tmp_path):
         done = json.loads(str(z["meta"]))["iteration"]
     assert done < 2
 
-    r = subprocess.run(_refine_cmd(map_path, model, cut) + ["--resume"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_refine_cmd(map_path, model, cut) + ["--resume"], capture_output=True, text=True, timeout=HANG_S)
     assert r.returncode == 0, r.stderr
     a = gemmi.read_structure(str(full / "model_refined.pdb"))
     b = gemmi.read_structure(str(cut / "model_refined.pdb"))

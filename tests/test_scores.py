@@ -155,7 +155,7 @@ def test_model_off_the_map_is_an_input_error(real_map, real_structure, real_atom
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "reff_dask.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1800)
 
 
 def test_cli_writes_tables_plots_and_report(tmp_path, map_path, model_path, shifted, real_atoms):
