@@ -48,7 +48,8 @@ import numpy as np
 from reff_dask.bfactor import GMMState, em_iteration, initial_state
 from reff_dask.cluster import dask_client
 from reff_dask.gmm import kernels as K
-from reff_dask.gmm.blockwise import plan_blocks, simulate
+from reff_dask.gmm.blocks import plan_blocks
+from reff_dask.gmm.blockwise import simulate
 from reff_dask.io.maps import Map, MapGrid, read_map, write_zarr
 from reff_dask.io.models import atom_table, b_to_sigma, read_structure, sigma_to_b
 

@@ -28,7 +28,8 @@ from . import resample
 from .bfactor import BFactorSettings, initial_state, refine_bfactors
 from .errors import InputError
 from .gmm import kernels as K
-from .gmm.blockwise import _share, block_starts, estep, plan_blocks
+from .gmm.blocks import Block, assemble, graph_key, grid_blocks, plan_blocks
+from .gmm.blockwise import estep
 from .io.maps import Map, MapGrid
 
 #: Widths within this relative difference count as a tie between components.
@@ -144,9 +145,6 @@ def composite(maps: list[Map], fits: list[ComponentFit], weight: np.ndarray, gri
         raise ValueError("one fit per map, at least one map")
     chunks = da.core.normalize_chunks(chunks, grid.shape)
     share = assign_atoms(np.stack([f.sigma for f in fits]))
-    starts = block_starts(chunks)
-    nb = [len(c) for c in chunks]
-    n_blocks = int(np.prod(nb))
     scales = [f.scale for f in fits] if scales is None else list(scales)
     unit = [s * float(np.prod(f.grid.voxel_size)) for s, f in zip(scales, fits)]
     rows, plans, noises, factors, me_blocks = [], [], [], [], []
@@ -161,31 +159,27 @@ def composite(maps: list[Map], fits: list[ComponentFit], weight: np.ndarray, gri
         noises.append(f.noise / unit[c])
         factors.append(unit[0] / unit[c] if match_scale else 1.0)
         me_blocks.append(resample.resampled(m, grid, chunks).to_delayed().ravel())
-    shared = _share(np.concatenate(rows).astype(np.float64))
+    table = graph_key(np.concatenate(rows).astype(np.float64))
     out = []
-    for b, index in enumerate(np.ndindex(*nb)):
-        shape = tuple(chunks[a][index[a]] for a in range(3))
-        start = tuple(int(starts[a][index[a]]) for a in range(3))
+    for blk in grid_blocks(grid, chunks):
         acc = None
         for c, m in enumerate(maps):
-            if resample.source_window(m.grid, grid, start, shape) is None:
+            if resample.source_window(m.grid, grid, blk.start, blk.shape) is None:
                 continue  # map c does not reach this block
-            acc = delayed(_accumulate, pure=True)(acc, me_blocks[c][b], shared, plans[c][b], shape, start, grid,
-                                                  m.grid, noises[c], factors[c], kcut)
+            acc = delayed(_accumulate, pure=True)(acc, me_blocks[c][blk.number], table, plans[c][blk.number], blk,
+                                                  grid, m.grid, noises[c], factors[c], kcut)
         if acc is None:
-            out.append(da.zeros(shape, dtype=np.float32, chunks=shape))
+            out.append(da.zeros(blk.shape, dtype=np.float32, chunks=blk.shape))
         else:
-            out.append(da.from_delayed(delayed(_finish, pure=True)(acc), shape=shape, dtype=np.float32))
-    assert len(out) == n_blocks
-    nested = [[[out[(z * nb[1] + y) * nb[2] + x] for x in range(nb[2])] for y in range(nb[1])]
-              for z in range(nb[0])]
-    return da.block(nested)
+            out.append(delayed(_finish, pure=True)(acc))
+    return assemble(out, chunks, np.float32)
 
 
-def _accumulate(acc, me, table, idx, shape, start, grid: MapGrid, src: MapGrid, noise, factor, kcut):
+def _accumulate(acc, me, table, idx, blk: Block, grid: MapGrid, src: MapGrid, noise, factor, kcut):
     """Add component c's gamma-weighted terms: numerator += M_c Me_c, denominator += M_c."""
-    cover = resample.coverage(src, grid, start, shape)
-    mc = K.density_block(shape, start, grid.origin, grid.voxel_size, table[idx], kcut).astype(np.float64)
+    shape = blk.shape
+    cover = resample.coverage(src, grid, blk.start, shape)
+    mc = K.density_block(shape, blk.start, blk.origin, blk.voxel, table[idx], kcut).astype(np.float64)
     mc += noise
     mc *= cover
     if acc is None:

@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 from dask import delayed
 
-from .gmm.blockwise import block_starts
+from .gmm.blocks import assemble, grid_blocks
 from .io.maps import Map, MapGrid
 
 #: A target voxel within this fraction of a source voxel outside the source box still counts as inside.
@@ -88,19 +88,13 @@ def resampled(m: Map, grid: MapGrid, chunks) -> da.Array:
     chunks = da.core.normalize_chunks(chunks, grid.shape)
     if m.grid.same_as(grid):
         return m.data.astype(np.float32).rechunk(chunks)
-    starts = block_starts(chunks)
-    nb = [len(c) for c in chunks]
-    blocks = []
-    for index in np.ndindex(*nb):
-        shape = tuple(chunks[a][index[a]] for a in range(3))
-        start = tuple(int(starts[a][index[a]]) for a in range(3))
-        win = source_window(m.grid, grid, start, shape)
+    parts = []
+    for blk in grid_blocks(grid, chunks):
+        win = source_window(m.grid, grid, blk.start, blk.shape)
         if win is None:
-            blocks.append(da.zeros(shape, dtype=np.float32, chunks=shape))
+            parts.append(da.zeros(blk.shape, dtype=np.float32, chunks=blk.shape))
             continue
         src = m.data[tuple(slice(lo, hi) for lo, hi in win)]
-        d = delayed(trilinear_block, pure=True)(src, tuple(lo for lo, _ in win), m.grid, grid, start, shape)
-        blocks.append(da.from_delayed(d, shape=shape, dtype=np.float32))
-    nested = [[[blocks[(z * nb[1] + y) * nb[2] + x] for x in range(nb[2])] for y in range(nb[1])]
-              for z in range(nb[0])]
-    return da.block(nested)
+        parts.append(delayed(trilinear_block, pure=True)(src, tuple(lo for lo, _ in win), m.grid, grid,
+                                                         blk.start, blk.shape))
+    return assemble(parts, chunks, np.float32)

@@ -2,8 +2,8 @@
 
 gamma_c(v) = sum_{i in c} P_i(v) / Ms(v), Ms = sum_i P_i + E, with the Gaussian mixture of
 :mod:`reff_dask.gmm` (normalised Gaussians of per-axis width sigma, Angstrom). Each map
-chunk is one task; the halo is taken on the atom side (:func:`plan_blocks`), so results do
-not depend on the chunking.
+chunk is one task of the block graph (:mod:`.gmm.blocks`), so results do not depend on the
+chunking.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
-from dask import delayed
 
 from .gmm import components as C
-from .gmm.blockwise import _share, block_starts, plan_blocks
+from .gmm.blocks import Block, assemble, per_block
 from .gmm.kernels import KCUT
 from .io.maps import Map, MapGrid
 
@@ -49,26 +48,15 @@ def responsibility_maps(grid: MapGrid, chunks, xyz: np.ndarray, sigma: np.ndarra
     comp = np.asarray(comp, dtype=np.int64)
     if len(comp) and (comp.min() < 0 or comp.max() >= n_comp):
         raise ValueError(f"component indices must lie in 0..{n_comp - 1}")
-    table = np.column_stack([xyz, sigma, amp, comp]).astype(np.float64)
-    plan = plan_blocks(grid, chunks, xyz, kcut * np.asarray(sigma))
-    shared = _share(table)
-    starts = block_starts(chunks)
-    nb = [len(c) for c in chunks]
-    blocks = []
-    for b, index in enumerate(np.ndindex(*nb)):
-        shape = tuple(chunks[a][index[a]] for a in range(3))
-        start = np.array([starts[a][index[a]] for a in range(3)])
-        d = delayed(_gamma_block, pure=True)(shape, start, grid.origin, grid.voxel_size, shared, plan[b],
-                                             n_comp, noise, kcut)
-        blocks.append(da.from_delayed(d, shape=(n_comp + 1,) + shape, dtype=np.float32))
-    nested = [[[[blocks[(z * nb[1] + y) * nb[2] + x] for x in range(nb[2])] for y in range(nb[1])]
-               for z in range(nb[0])]]
-    return da.block(nested)
+    parts = per_block(_gamma_block, grid, chunks, n_comp, noise, kcut,
+                      atoms=(np.column_stack([xyz, sigma, amp, comp]), kcut * np.asarray(sigma)))
+    return assemble(parts, chunks, np.float32, lead=(n_comp + 1,))
 
 
-def _gamma_block(shape, start, origin, voxel, table, idx, n_comp, noise, kcut):
+def _gamma_block(blk: Block, table, idx, n_comp, noise, kcut):
     rows = table[idx]
-    dens = C.component_block(shape, start, origin, voxel, rows[:, :5], rows[:, 5].astype(np.int64), n_comp, kcut)
+    dens = C.component_block(blk.shape, blk.start, blk.origin, blk.voxel, rows[:, :5], rows[:, 5].astype(np.int64),
+                             n_comp, kcut)
     return C.responsibilities(dens, noise)
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from reff_dask.bfactor import GMMState, em_iteration
 from reff_dask.gmm import kernels as K
-from reff_dask.gmm.blockwise import estep, plan_blocks, simulate
+from reff_dask.gmm.blocks import plan_blocks
+from reff_dask.gmm.blockwise import estep, simulate
 from reff_dask.io.maps import Map, MapGrid
 
 
@@ -57,6 +58,32 @@ def test_density_kernel_matches_direct_formula():
     # mass of a cut Gaussian: P(r < 4 sigma) of a 3-D normal
     p_inside = math.erf(4 / math.sqrt(2)) - math.sqrt(2 / math.pi) * 4 * math.exp(-8)
     assert dens.sum() == pytest.approx(weight.sum() * p_inside, rel=2e-3)
+
+
+def _chunk_and_coordinates(blk, data, table, idx):
+    """A chunk of the map, its global voxel z index, and how many atoms reach it."""
+    z = np.arange(blk.start[0], blk.start[0] + blk.shape[0], dtype=np.float32)
+    return np.stack([np.asarray(data, np.float32), np.broadcast_to(z[:, None, None], blk.shape),
+                     np.full(blk.shape, len(idx), np.float32)])
+
+
+@pytest.mark.parametrize("chunks", [100, (30, 45, 100), (17, 100, 33)])
+def test_block_graph_puts_every_chunk_in_place(real_map, real_atoms, chunks):
+    """per_block + assemble, the block graph of every map product: each task sees its own chunk
+    of the map at its global position (a leading axis kept), and the atoms that reach it."""
+    from reff_dask.gmm.blocks import assemble, per_block
+    from reff_dask.io.maps import read_map
+
+    m = read_map(real_map.path, chunks=chunks)
+    radius = np.full(len(real_atoms), 3.0)
+    parts = per_block(_chunk_and_coordinates, m.grid, m.data.chunks, data=m.data,
+                      atoms=(real_atoms.xyz, radius))
+    out = assemble(parts, m.data.chunks, np.float32, lead=(3,)).compute()
+    np.testing.assert_array_equal(out[0], np.asarray(real_map.data, np.float32))
+    np.testing.assert_array_equal(out[1][:, 0, 0], np.arange(m.grid.shape[0]))
+    assert out[2].max() <= len(real_atoms) and out[2].sum() > 0
+    with pytest.raises(ValueError, match="differ"):
+        per_block(_chunk_and_coordinates, m.grid, 50, data=m.data)
 
 
 def test_plan_blocks_is_exact_superset(real_map, real_atoms):

@@ -1,10 +1,8 @@
 """Dask orchestration of the Gaussian-mixture E/M step over a chunked map.
 
-Each map chunk is one task. A chunk's simulated density depends on every atom whose
-support (``KCUT * sigma``) reaches it: that is the halo, taken on the atom side, so no
-voxel overlap between chunks is needed. The atom table goes to the workers once per
-call (one graph key, fetched once per worker); each chunk task gets only the
-indices of its atoms. Per-atom partial moments are summed over chunks in a tree.
+Each map chunk is one task of the block graph (:mod:`.blocks`): its atoms are those whose
+support (``KCUT * sigma``) reaches it. Per-atom partial moments are summed over chunks in
+a tree.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from dask import delayed
 
 from ..io.maps import Map, MapGrid
 from . import kernels as K
+from .blocks import Block, assemble, per_block
 
 TREE_FAN_IN = 8
 
@@ -49,61 +48,8 @@ class EStep:
         return K.pearson(self.sums[K.S_MASK])
 
 
-def block_starts(chunks: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
-    """Global start index of each chunk, per axis."""
-    return [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int64) for c in chunks]
-
-
-def plan_blocks(grid: MapGrid, chunks: tuple[tuple[int, ...], ...], xyz: np.ndarray,
-                radius: np.ndarray) -> list[np.ndarray]:
-    """Indices of the atoms whose sphere (``radius``, A) touches each chunk, chunks in C order.
-
-    Vectorised: each atom is expanded over the chunk ranges it overlaps on each axis.
-    """
-    starts = block_starts(chunks)
-    nblocks = [len(c) for c in chunks]
-    o = np.asarray(grid.origin)
-    h = np.asarray(grid.voxel_size)
-    n = np.asarray(grid.shape[::-1])  # x, y, z counts
-    r = radius[:, None] * (1 + 1e-9)
-    lo = np.ceil((xyz - r - o) / h).astype(np.int64)
-    hi = np.floor((xyz + r - o) / h).astype(np.int64)
-    keep = np.all((hi >= 0) & (lo <= n - 1), axis=1)
-    lo = np.clip(lo, 0, n - 1)
-    hi = np.clip(hi, 0, n - 1)
-    # chunk index ranges per axis, axis order x, y, z -> starts[2], starts[1], starts[0]
-    blo = np.empty_like(lo)
-    bhi = np.empty_like(hi)
-    for ax, zyx in ((0, 2), (1, 1), (2, 0)):
-        blo[:, ax] = np.searchsorted(starts[zyx], lo[:, ax], side="right") - 1
-        bhi[:, ax] = np.searchsorted(starts[zyx], hi[:, ax], side="right") - 1
-    atoms = np.nonzero(keep)[0]
-    blo, bhi = blo[keep], bhi[keep]
-    span = bhi - blo + 1
-    count = span.prod(axis=1)
-    owner = np.repeat(atoms, count)
-    local = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-    sx, sy = np.repeat(span[:, 0], count), np.repeat(span[:, 1], count)
-    bx = np.repeat(blo[:, 0], count) + local % sx
-    by = np.repeat(blo[:, 1], count) + (local // sx) % sy
-    bz = np.repeat(blo[:, 2], count) + local // (sx * sy)
-    block_id = (bz * nblocks[1] + by) * nblocks[2] + bx
-    order = np.argsort(block_id, kind="stable")
-    owner, block_id = owner[order], block_id[order]
-    bounds = np.searchsorted(block_id, np.arange(np.prod(nblocks) + 1))
-    return [owner[bounds[b]:bounds[b + 1]] for b in range(int(np.prod(nblocks)))]
-
-
-def _share(arr: np.ndarray):
-    """``arr`` as one graph key: computed once per call on one worker and copied from there
-    to the workers whose chunk tasks need it (once per worker, not once per chunk). Unlike
-    scattered data, a key in the graph can be recomputed, so losing the worker that holds
-    it mid-iteration costs a retry, not the run."""
-    return delayed(arr, pure=True)
-
-
-def _block_task(block, start, origin, voxel, table, idx, noise, with_moments):
-    mom, sums = K.block_sums(block, start, origin, voxel, table[idx], noise, with_moments=with_moments)
+def _block_task(blk: Block, data, table, idx, noise, with_moments, kcut):
+    mom, sums = K.block_sums(data, blk.start, blk.origin, blk.voxel, table[idx], noise, kcut, with_moments)
     return idx, mom, sums
 
 
@@ -151,16 +97,9 @@ def estep(m: Map, xyz: np.ndarray, sigma: np.ndarray, amp: np.ndarray, noise: fl
     noise: the uniform noise term E (map units).
     """
     n_atoms = len(xyz)
-    table = np.column_stack([xyz, sigma, amp]).astype(np.float64)
-    plan = plan_blocks(m.grid, m.data.chunks, xyz, kcut * sigma)
-    shared = _share(table)
-    starts = block_starts(m.data.chunks)
-    blocks = m.data.to_delayed().ravel()
-    parts = []
-    for b, (blk, index) in enumerate(zip(blocks, np.ndindex(*m.data.numblocks))):
-        start = np.array([starts[a][index[a]] for a in range(3)])
-        parts.append(delayed(_block_task, pure=True)(blk, start, m.grid.origin, m.grid.voxel_size,
-                                                     shared, plan[b], noise, with_moments))
+    table = np.column_stack([xyz, sigma, amp])
+    parts = per_block(_block_task, m.grid, m.data.chunks, noise, with_moments, kcut, data=m.data,
+                      atoms=(table, kcut * np.asarray(sigma)))
     total = _tree_reduce(parts, n_atoms, with_moments)
     idx, part, sums = dask.compute(total)[0]
     if not with_moments:
@@ -174,25 +113,13 @@ def simulate(grid: MapGrid, chunks, xyz: np.ndarray, sigma: np.ndarray, amp: np.
              noise: float = 0.0, kcut: float = K.KCUT) -> da.Array:
     """Lazy simulated map (model density + ``noise``) on ``grid`` with Dask ``chunks``."""
     chunks = da.core.normalize_chunks(chunks, grid.shape)
-    table = np.column_stack([xyz, sigma, amp]).astype(np.float64)
-    plan = plan_blocks(grid, chunks, xyz, kcut * sigma)
-    shared = _share(table)
-    starts = block_starts(chunks)
-    rows = []
-    for b, index in enumerate(np.ndindex(*[len(c) for c in chunks])):
-        shape = tuple(chunks[a][index[a]] for a in range(3))
-        start = np.array([starts[a][index[a]] for a in range(3)])
-        d = delayed(_simulate_block, pure=True)(shape, start, grid.origin, grid.voxel_size, shared,
-                                                plan[b], noise)
-        rows.append(da.from_delayed(d, shape=shape, dtype=np.float32))
-    nb = [len(c) for c in chunks]
-    nested = [[[rows[(z * nb[1] + y) * nb[2] + x] for x in range(nb[2])] for y in range(nb[1])]
-              for z in range(nb[0])]
-    return da.block(nested)
+    parts = per_block(_simulate_block, grid, chunks, noise, kcut,
+                      atoms=(np.column_stack([xyz, sigma, amp]), kcut * np.asarray(sigma)))
+    return assemble(parts, chunks, np.float32)
 
 
-def _simulate_block(shape, start, origin, voxel, table, idx, noise):
-    out = K.density_block(shape, start, origin, voxel, table[idx])
+def _simulate_block(blk: Block, table, idx, noise, kcut):
+    out = K.density_block(blk.shape, blk.start, blk.origin, blk.voxel, table[idx], kcut)
     if noise:
         out += np.float32(noise)
     return out

@@ -151,7 +151,9 @@ def moments(block, ms, start, origin, voxel, xyz, sigma, amp, kcut, mom):
         mom[a, 5] += mr
 
 
-def _pearson_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def pearson_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sums (n, sum x, sum y, sum x^2, sum y^2, sum xy) of paired values, for :func:`pearson`;
+    sums of blocks add up to the sums of the whole."""
     return np.array([x.size, x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()])
 
 
@@ -182,8 +184,8 @@ def block_sums(block: np.ndarray, start, origin, voxel, atoms: np.ndarray, noise
     msel = ms[sel]
     sums[S_BG] = (pos * noise / np.where(msel > 0.0, msel, 1.0)).sum()  # ms = 0 only where E = 0
     sums[S_MASKN] = sel.sum()
-    sums[S_ALL] = _pearson_sums(me.ravel(), dens.ravel())
-    sums[S_MASK] = _pearson_sums(me[sel], dens[sel])
+    sums[S_ALL] = pearson_sums(me.ravel(), dens.ravel())
+    sums[S_MASK] = pearson_sums(me[sel], dens[sel])
     sums[S_POS] = pos.sum()
     sums[S_POSY] = (pos * dens[sel]).sum()
     mom = None

@@ -6,7 +6,7 @@ need (the SMOCf fragment mask around the window atoms, and the LoQFit box around
 centre atom), clipped to the map. That slice is the only map data the task sees, so a
 large map is never loaded whole. The task simulates the model map on the slice from every
 atom whose Gaussian support reaches it (atoms found with
-:func:`reff_dask.gmm.blockwise.plan_blocks` on a radius of support + halo, then the
+:func:`reff_dask.gmm.blocks.plan_blocks` on a radius of support + halo, then the
 kernel skips those that miss), and scores each residue of the group. Every number
 depends only on global voxel indices, so results do not depend on the chunking.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from dask import delayed
 
 from ..gmm import kernels as K
-from ..gmm.blockwise import _share, block_starts, plan_blocks
+from ..gmm.blocks import block_starts, graph_key, plan_blocks
 from ..io.maps import Map
 from .loqfit import LoQFitGeometry, loqfit_box, loqfit_geometry
 from .residues import ResidueTable
@@ -149,7 +149,7 @@ def score_local(m: Map, specs: list[ModelSpec], params: LocalParams) -> list[Loc
     halo = (halo_vox + 1) * max(g.voxel_size)
     shared, plans = [], []
     for spec in specs:
-        shared.append(_share(np.ascontiguousarray(spec.table)))
+        shared.append(graph_key(np.ascontiguousarray(spec.table)))
         plans.append(plan_blocks(g, chunks, spec.table[:, :3], K.KCUT * spec.table[:, 3] + halo))
     tasks, keys = [], []
     for b in sorted(groups):

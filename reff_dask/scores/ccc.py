@@ -9,39 +9,29 @@ from __future__ import annotations
 
 import dask
 import numpy as np
-from dask import delayed
 
 from ..bfactor import model_ccc
 from ..gmm import kernels as K
-from ..gmm.blockwise import _share, block_starts, plan_blocks
+from ..gmm.blocks import Block, per_block
 from ..gmm.mstep import uniform_sigma
 from ..io.maps import Map
 
 
-def _contour_sums(block, start, origin, voxel, table, idx, level) -> np.ndarray:
+def _contour_sums(blk: Block, data, table, idx, level) -> np.ndarray:
     """Pearson sums (n, sx, sy, sxx, syy, sxy) of map x and model y over voxels with x >= level."""
-    sim = K.density_block(block.shape, start, origin, voxel, table[idx]).astype(np.float64)
-    x = np.asarray(block, dtype=np.float64)
+    sim = K.density_block(blk.shape, blk.start, blk.origin, blk.voxel, table[idx]).astype(np.float64)
+    x = np.asarray(data, dtype=np.float64)
     sel = x >= level
-    xs, ys = x[sel], sim[sel]
-    return np.array([xs.size, xs.sum(), ys.sum(), (xs * xs).sum(), (ys * ys).sum(), (xs * ys).sum()])
+    return K.pearson_sums(x[sel], sim[sel])
 
 
 def contour_ccc(m: Map, xyz: np.ndarray, weight: np.ndarray, sigma: float, level: float) -> float:
     """Pearson CCC of map and model map (Gaussians of width ``sigma`` A) over voxels where the map >= ``level``."""
     sig = np.full(len(xyz), float(sigma))
     amp = K.amplitudes(weight, sig, m.grid.voxel_size, 1.0)
-    table = np.column_stack([xyz, sig, amp]).astype(np.float64)
-    plan = plan_blocks(m.grid, m.data.chunks, xyz, K.KCUT * sig)
-    shared = _share(table)
-    starts = block_starts(m.data.chunks)
-    parts = []
-    for b, (blk, index) in enumerate(zip(m.data.to_delayed().ravel(), np.ndindex(*m.data.numblocks))):
-        start = np.array([starts[a][index[a]] for a in range(3)])
-        parts.append(delayed(_contour_sums, pure=True)(blk, start, m.grid.origin, m.grid.voxel_size,
-                                                      shared, plan[b], float(level)))
-    sums = np.sum(dask.compute(*parts), axis=0)
-    return K.pearson(sums)
+    parts = per_block(_contour_sums, m.grid, m.data.chunks, float(level), data=m.data,
+                      atoms=(np.column_stack([xyz, sig, amp]), K.KCUT * sig))
+    return K.pearson(np.sum(dask.compute(*parts), axis=0))
 
 
 def global_ccc(m: Map, xyz: np.ndarray, weight: np.ndarray, resolution: float,
