@@ -45,7 +45,7 @@ import dask.array as da
 import gemmi
 import numpy as np
 
-from reff_dask.bfactor import GMMState, em_iteration, initial_state
+from reff_dask.gmm.fit import GMMState, em_iteration, initial_state
 from reff_dask.cluster import dask_client
 from reff_dask.gmm import kernels as K
 from reff_dask.gmm.blocks import plan_blocks

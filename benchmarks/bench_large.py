@@ -39,7 +39,7 @@ import dask.array as da
 import gemmi
 import numpy as np
 
-from reff_dask.bfactor import GMMState, em_iteration, initial_state
+from reff_dask.gmm.fit import GMMState, em_iteration, initial_state
 from reff_dask.cluster import dask_client
 from reff_dask.composite import ComponentFit, composite
 from reff_dask.io.maps import Map, MapGrid, read_map, write_zarr

@@ -229,7 +229,7 @@ def trace_rmsd(st, ref) -> tuple[float | None, int, int]:
 
 def map_ccc(m, dense: np.ndarray, xyz: np.ndarray, weight: np.ndarray, resolution: float) -> dict:
     """CCC box and project mask CCC (``model_ccc``), and the CCC within ``MASK_RADIUS_A`` of the atoms."""
-    from reff_dask.bfactor import model_ccc
+    from reff_dask.gmm.fit import model_ccc
     from reff_dask.gmm import kernels as K
     from reff_dask.gmm.mstep import uniform_sigma
 

@@ -19,7 +19,8 @@ import time
 import numpy as np, gemmi, dask
 dask.config.set(scheduler="threads")
 from reff_dask.jobs.inputs import load_inputs
-from reff_dask.bfactor import BFactorSettings, refine_bfactors, model_ccc
+from reff_dask.bfactor import BFactorSettings, refine_bfactors
+from reff_dask.gmm.fit import model_ccc
 import reff_dask.refine as RR
 from reff_dask.refine import RefineSettings, refine_positions, minimise
 from reff_dask.md.prepare import prepare_model

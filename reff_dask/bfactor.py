@@ -1,4 +1,5 @@
-"""B-factor refinement with positions fixed (the paper's B-only stage), and blockwise CCC."""
+"""B-factor refinement with positions fixed (the paper's B-only stage), on the EM engine of
+:mod:`reff_dask.gmm.fit`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Callable
 
 import numpy as np
 
-from .gmm import kernels as K
 from .gmm import mstep
-from .gmm.blockwise import estep
+from .gmm.fit import GMMState, default_sigma_min, em_iteration, initial_state, model_ccc
 from .io.maps import Map
+from .io.models import sigma_to_b
 
 
 @dataclass
@@ -40,44 +41,11 @@ class BFactorSettings:
 
 
 @dataclass
-class GMMState:
-    """Mixture parameters: widths (A), mass scale (map units per unit Z) and noise term E (map units)."""
-
-    sigma: np.ndarray
-    scale: float
-    noise: float
-
-
-@dataclass
 class BFactorResult:
     state: GMMState
     history: list[dict] = field(default_factory=list)
     ccc: float = float("nan")
     ccc_mask: float = float("nan")
-
-
-def model_ccc(m: Map, xyz: np.ndarray, weight: np.ndarray, sigma: np.ndarray | float) -> tuple[float, float]:
-    """CCC of the map with a model map of Gaussians of width ``sigma`` (A): over the box, and over the 4-sigma mask."""
-    sigma = np.broadcast_to(np.asarray(sigma, dtype=float), (len(xyz),)).copy()
-    es = estep(m, xyz, sigma, K.amplitudes(weight, sigma, m.grid.voxel_size, 1.0), 0.0, with_moments=False)
-    return es.ccc, es.ccc_mask
-
-
-def initial_state(m: Map, xyz: np.ndarray, weight: np.ndarray, sigma: np.ndarray) -> GMMState:
-    """Start the mixture at widths ``sigma`` with scale and noise fitted by least squares."""
-    es = estep(m, xyz, sigma, K.amplitudes(weight, sigma, m.grid.voxel_size, 1.0), 0.0, with_moments=False)
-    scale, noise = mstep.initial_scale_noise(es.sums)
-    return GMMState(sigma.copy(), scale, noise)
-
-
-def em_iteration(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMState, sigma_min: float,
-                 sigma_max: float, residue: np.ndarray | None = None):
-    """One E+M step at fixed positions. Returns the new state, the E-step and the targets x' (A)."""
-    amp = K.amplitudes(weight, state.sigma, m.grid.voxel_size, state.scale)
-    es = estep(m, xyz, state.sigma, amp, state.noise)
-    sigma = mstep.widths(es.moments, state.sigma, sigma_min, sigma_max, residue)
-    new = GMMState(sigma, mstep.scale(es.moments, state.scale), max(es.noise, 1e-12 * state.scale))
-    return new, es, mstep.targets(es.moments, xyz)
 
 
 def refine_bfactors(m: Map, xyz: np.ndarray, weight: np.ndarray, settings: BFactorSettings,
@@ -89,7 +57,7 @@ def refine_bfactors(m: Map, xyz: np.ndarray, weight: np.ndarray, settings: BFact
     overrides the start (default: uniform width from the resolution, fitted scale and
     noise). ``progress`` gets one dict per iteration.
     """
-    sigma_min = settings.sigma_min if settings.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
+    sigma_min = default_sigma_min(m.grid) if settings.sigma_min is None else settings.sigma_min
     if state is None:
         s0 = np.full(len(xyz), np.clip(mstep.uniform_sigma(settings.resolution), sigma_min, settings.sigma_max))
         state = initial_state(m, xyz, weight, s0)
@@ -104,7 +72,7 @@ def refine_bfactors(m: Map, xyz: np.ndarray, weight: np.ndarray, settings: BFact
             change = float(np.percentile(np.abs(new.sigma - state.sigma) / state.sigma, 99))
             row = {"iteration": len(history) + 1, "phase": phase, "ccc": es.ccc, "ccc_mask": es.ccc_mask,
                    "noise": state.noise, "scale": state.scale,
-                   "median_b": float(np.median(8 * np.pi**2 * state.sigma**2)),
+                   "median_b": float(np.median(sigma_to_b(state.sigma))),
                    "p99_rel_change": change, "seconds": time.perf_counter() - t0}
             history.append(row)
             if progress:

@@ -25,12 +25,14 @@ import numpy as np
 from dask import delayed
 
 from . import resample
-from .bfactor import BFactorSettings, initial_state, refine_bfactors
+from .bfactor import BFactorSettings, refine_bfactors
 from .errors import InputError
 from .gmm import kernels as K
 from .gmm.blocks import Block, assemble, graph_key, grid_blocks, plan_blocks
 from .gmm.blockwise import estep
+from .gmm.fit import initial_state
 from .io.maps import Map, MapGrid
+from .io.models import SIGMA_FLOOR
 
 #: Widths within this relative difference count as a tie between components.
 TIE_RTOL = 1e-6
@@ -64,7 +66,7 @@ def fit_component(m: Map, xyz: np.ndarray, weight: np.ndarray, residue: np.ndarr
     """Fit the mixture of one focused map with the atoms inside its box.
 
     With ``settings``: the B-only stage (:func:`refine_bfactors`). With ``sigma`` (A, per
-    atom, e.g. from a model's refined B column): widths as given (floored at 0.05 A) and
+    atom, e.g. from a model's refined B column): widths as given (floored at :data:`~reff_dask.io.models.SIGMA_FLOOR`) and
     only scale and noise fitted. Raises :class:`InputError` naming the map when no atom
     lies inside its box.
     """
@@ -76,7 +78,7 @@ def fit_component(m: Map, xyz: np.ndarray, weight: np.ndarray, residue: np.ndarr
     xi, wi = xyz[inside], weight[inside]
     history = None
     if sigma is not None:
-        state = initial_state(m, xi, wi, np.maximum(np.asarray(sigma, float)[inside], 0.05))
+        state = initial_state(m, xi, wi, np.maximum(np.asarray(sigma, float)[inside], SIGMA_FLOOR))
     else:
         if settings is None:
             raise ValueError("give settings (refine B) or sigma (use the model's B)")

@@ -157,7 +157,7 @@ def check_contour(m, stats: dict, contour: float | None) -> None:
 def check_inputs(args) -> None:
     """Maps readable, models readable, each model inside its map, the job's own input rules."""
     from .io.maps import read_map
-    from .io.models import atom_table, check_in_box, read_structure
+    from .io.models import atom_table, check_in_box, read_structure, widths_from_b
 
     cmd = args.command
     chunks = getattr(args, "chunks", 64)
@@ -180,17 +180,15 @@ def check_inputs(args) -> None:
         for path, (st, atoms) in models.items():
             check_in_box(atoms, np.asarray(m.grid.origin), m.grid.upper, path, m.path)
     if cmd == "segment":
-        from .jobs.segment import model_sigma, selection_groups
+        from .jobs.segment import selection_groups
 
         st, atoms = models[args.model]
         if args.group:
             selection_groups(st, args.group, args.model)
         if args.use_model_b:
-            model_sigma(atoms.b_input, args.model)
+            widths_from_b(atoms.b_input, args.model)
     if cmd == "ensemble":
-        from .jobs.ensemble import model_widths
-
-        model_widths(models[args.model][1].b_input, args.model)
+        widths_from_b(models[args.model][1].b_input, args.model)
     if cmd == "refine" and args.resume:
         from . import checkpoint
 
@@ -201,7 +199,7 @@ def check_inputs(args) -> None:
 
 def _check_composite(args, maps, models) -> None:
     from .composite import check_grids
-    from .jobs.segment import model_sigma
+    from .io.models import widths_from_b
 
     atoms = [models[p][1] for p in args.model]
     for p, a in zip(args.model, atoms):
@@ -209,7 +207,7 @@ def _check_composite(args, maps, models) -> None:
             raise InputError(p, f"has {len(a)} atoms but {args.model[0]} has {len(atoms[0])}; per-map models "
                                 "must be the same model (same atoms, in the same order)")
         if args.use_model_b:
-            model_sigma(a.b_input, p)
+            widths_from_b(a.b_input, p)
     check_grids(maps, maps[0].grid, not args.no_resample)
 
 

@@ -17,10 +17,10 @@ from typing import Callable
 import numpy as np
 
 from . import checkpoint
-from .bfactor import GMMState, em_iteration, model_ccc
+from .errors import NumericalError
+from .gmm.fit import GMMState, default_sigma_min, em_iteration, model_ccc
 from .gmm.mstep import uniform_sigma
 from .io.maps import Map
-from .errors import NumericalError
 from .md.force import DEFAULT_K_GMM
 from .md.prepare import PreparedModel
 from .md.simulate import run_chain_segment
@@ -202,7 +202,7 @@ def position_targets(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMStat
     with cosine 0.40 (B-stage widths) vs 0.48 (uniform), and a refinement reaches CCC 0.654
     instead of 0.635 at a lower CA RMSD to 5NI1 (BENCHMARKS.md)."""
     width = settings.target_sigma_A if settings.target_sigma_A is not None else uniform_sigma(settings.resolution)
-    sigma_min = settings.sigma_min if settings.sigma_min is not None else 0.5 * max(m.grid.voxel_size)
+    sigma_min = default_sigma_min(m.grid) if settings.sigma_min is None else settings.sigma_min
     uniform = GMMState(np.full(len(xyz), width), state.scale, state.noise)
     new, es, targets = em_iteration(m, xyz, weight, uniform, sigma_min, settings.sigma_max)
     return GMMState(state.sigma, new.scale, new.noise), es, targets

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reff_dask.bfactor import BFactorSettings, initial_state, model_ccc, refine_bfactors
+from reff_dask.bfactor import BFactorSettings, refine_bfactors
+from reff_dask.gmm.fit import initial_state, model_ccc
 from reff_dask.gmm import kernels as K
 from reff_dask.gmm.blockwise import simulate
 from reff_dask.gmm.mstep import uniform_sigma

@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from reff_dask.bfactor import GMMState, em_iteration
+from reff_dask.gmm.fit import GMMState, em_iteration
 from reff_dask.gmm import kernels as K
 from reff_dask.gmm.blocks import plan_blocks
 from reff_dask.gmm.blockwise import estep, simulate

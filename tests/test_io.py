@@ -207,3 +207,21 @@ def test_ambiguous_models_are_refused_naming_the_problem(tmp_path, real_structur
 def test_folder_as_model_is_named_as_such(tmp_path):
     with pytest.raises(InputError, match="a folder, not a PDB/mmCIF model file"):
         read_structure(tmp_path)
+
+
+def test_widths_from_b_one_rule_for_every_job(real_atoms, model_path):
+    """The one B column -> width rule (segment, composite --use-model-b, ensemble): sigma =
+    sqrt(B / 8 pi^2) A, at least the floor; atoms without a usable B take the smallest width of
+    the others; a column with no B at all is refused, naming the file."""
+    from reff_dask.io.models import SIGMA_FLOOR, b_to_sigma, sigma_to_b, widths_from_b
+
+    b = real_atoms.b_input.astype(float).copy()
+    np.testing.assert_allclose(widths_from_b(b, model_path), b_to_sigma(b))
+    np.testing.assert_allclose(sigma_to_b(widths_from_b(b, model_path)), b)
+    b[:3] = [0.0, -5.0, np.nan]
+    b[3] = 1e-6  # a delta function: floored
+    w = widths_from_b(b, model_path)
+    assert w[3] == SIGMA_FLOOR and np.all(w[:3] == w[3:].min())
+    with pytest.raises(InputError, match="every B-factor is 0") as e:
+        widths_from_b(np.zeros(5), model_path)
+    assert str(model_path) in str(e.value)

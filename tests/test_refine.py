@@ -68,7 +68,7 @@ def test_deposited_model_fit_improves_without_new_clashes(real_map, real_structu
     settings = RefineSettings(3.2, max_iterations=6, patience=3, **FAST)
     atoms, prepared, r = _refine(real_map, st, settings)
     assert r.ccc_best > r.ccc_start
-    from reff_dask.bfactor import model_ccc
+    from reff_dask.gmm.fit import model_ccc
     from reff_dask.gmm.mstep import uniform_sigma
     from reff_dask.io.models import updated_structure
     from reff_dask.refine import minimise

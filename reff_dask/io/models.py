@@ -30,6 +30,25 @@ def b_to_sigma(b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(np.asarray(b, dtype=float), 0.0) / B_PER_SIGMA2)
 
 
+#: Smallest width (A) taken from a model's B column: B = 0 would be a delta function.
+SIGMA_FLOOR = 0.05
+
+
+def widths_from_b(b: np.ndarray, model_path: str) -> np.ndarray:
+    """Per-axis widths sigma (A) from a model's B column (A^2), for jobs that use the model's B
+    (segment, composite --use-model-b, ensemble): at least :data:`SIGMA_FLOOR`; atoms with no
+    usable B (0, negative, NaN) get the smallest width of the others. Refuses a column with no
+    B at all, naming the file."""
+    b = np.asarray(b, dtype=float)
+    ok = np.isfinite(b) & (b > 0)
+    if not ok.any():
+        raise InputError(model_path, "every B-factor is 0 or negative: refine B first (reff-dask bfactor or "
+                                     "refine), or leave out --use-model-b")
+    sigma = np.maximum(b_to_sigma(np.where(ok, b, 0.0)), SIGMA_FLOOR)
+    sigma[~ok] = sigma[ok].min()
+    return sigma
+
+
 @dataclass
 class AtomTable:
     """Flat per-atom arrays, in gemmi order.

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bfactor import BFactorSettings, model_ccc, refine_bfactors
+from ..bfactor import BFactorSettings, refine_bfactors
 from ..gmm import kernels as K
 from ..gmm.blockwise import simulate
+from ..gmm.fit import model_ccc
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
 from ..io.maps import write_mrc

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bfactor import BFactorSettings, model_ccc
+from ..bfactor import BFactorSettings
 from ..composite import ComponentFit, assign_atoms, check_grids, composite, fit_component, focus_scales
 from ..errors import InputError
+from ..gmm.fit import model_ccc
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
 from ..io.maps import Map, check_map_values, is_url, local_path, map_stats, read_map
-from ..io.models import atom_table, read_structure, sigma_to_b
+from ..io.models import atom_table, read_structure, sigma_to_b, widths_from_b
 from .inputs import PERSIST_BYTES
 from .outputs import write_maps
-from .segment import model_sigma
 
 
 def _log(msg: str) -> None:
@@ -95,7 +95,7 @@ def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], 
     fits: list[ComponentFit] = []
     for c, (m, a, r) in enumerate(zip(maps, atoms, resolutions)):
         if use_model_b:
-            fit = fit_component(m, a.xyz, a.weight, a.residue, sigma=model_sigma(a.b_input, model_paths[c]))
+            fit = fit_component(m, a.xyz, a.weight, a.residue, sigma=widths_from_b(a.b_input, model_paths[c]))
         else:
             fit = fit_component(m, a.xyz, a.weight, a.residue, settings=replace(settings, resolution=r))
         fits.append(fit)

@@ -13,19 +13,24 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from ..ensemble import (EnsembleSettings, ccc_box_mask, fit_to_map, grow_ensemble, make_member_inputs, member_map,
-                        relaxed_single, rmsf)
+from ..ensemble import (
+    EnsembleSettings,
+    ccc_box_mask,
+    fit_to_map,
+    grow_ensemble,
+    make_member_inputs,
+    member_map,
+    relaxed_single,
+    rmsf,
+)
 from ..errors import InputError
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
 from ..io.maps import write_mrc
-from ..io.models import b_to_sigma, updated_structure, write_structure
+from ..io.models import updated_structure, widths_from_b, write_structure
 from ..md.prepare import prepare_model
 from .ensemble_plots import ensemble_plot
 from .inputs import check_md_options, load_inputs
-
-#: Widths taken from a model's B column are floored here (A): B = 0 would be a delta function.
-SIGMA_FLOOR = 0.05
 
 
 def _say(text: str) -> None:
@@ -35,18 +40,6 @@ def _say(text: str) -> None:
 def _progress(row: dict) -> None:
     _say(f"member {row['member'] + 1:3d}  CCC member {row['ccc_member']:.4f}  ensemble of {row['size']:3d} "
          f"{row['ccc_ensemble']:.4f}  ({row['member_seconds']:.1f} s, {row['rms_from_refined_A']:.2f} A from refined)")
-
-
-def model_widths(b: np.ndarray, model_path: str) -> np.ndarray:
-    """Per-axis widths (A) from the refined model's B column; atoms with B <= 0 get the smallest width."""
-    b = np.asarray(b, dtype=float)
-    ok = np.isfinite(b) & (b > 0)
-    if not ok.any():
-        raise InputError(model_path, "every B-factor is 0 or negative; the ensemble needs refined B-factors "
-                                     "(run reff-dask bfactor or refine first)")
-    sigma = np.maximum(b_to_sigma(np.where(ok, b, 0.0)), SIGMA_FLOOR)
-    sigma[~ok] = sigma[ok].min()
-    return sigma
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,7 +94,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     check_md_options(forcefield, implicit, settings.platform)
     inp = load_inputs(map_path, model_path, chunks, resolution)
     m, atoms, st = inp.map, inp.atoms, inp.structure
-    sigma = model_widths(atoms.b_input, model_path)
+    sigma = widths_from_b(atoms.b_input, model_path)
     _say(f"map {m.grid.shape[::-1]} voxels in {m.data.npartitions} chunks; model {len(atoms)} atoms, "
          f"chains {atoms.chain_names}; model B {np.percentile(atoms.b_input, 5):.0f}-"
          f"{np.percentile(atoms.b_input, 95):.0f} A^2 (5-95%)")

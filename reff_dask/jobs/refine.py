@@ -11,18 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from .. import checkpoint
-from ..bfactor import BFactorSettings, GMMState, model_ccc, refine_bfactors
+from ..bfactor import BFactorSettings, refine_bfactors
+from ..gmm.fit import GMMState, model_ccc
 from ..gmm.mstep import uniform_sigma
 from ..io.atomic import write_text
 from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..md.prepare import prepare_model
 from ..md.simulate import choose_platform
 from ..plots import refine_plot
-from ..refine import md_groups, RefineSettings, minimise, refine_positions
+from ..refine import RefineSettings, md_groups, minimise, refine_positions
 from ..scores import score_models
 from ..validation import geometry_changes, validate_geometry
-from .score import _nan_to_none, write_outputs
 from .inputs import b_cap_warning, check_md_options, load_inputs
+from .score import _nan_to_none, write_outputs
 
 
 def _say(text: str) -> None:

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..io.atomic import write_text
 from ..io.models import atom_table, check_in_box, model_labels, read_structure
-from ..scores import ScoreSettings, ScoreTable, score_models
 from ..precheck import check_contour
+from ..scores import ScoreSettings, ScoreTable, score_models
 from .inputs import load_inputs
 from .score_plots import chain_plot
 

@@ -11,30 +11,19 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from ..bfactor import BFactorSettings, initial_state, refine_bfactors
+from ..bfactor import BFactorSettings, refine_bfactors
 from ..errors import InputError
 from ..gmm import kernels as K
+from ..gmm.fit import initial_state
 from ..io.atomic import write_text
-from ..io.models import b_to_sigma, sigma_to_b
+from ..io.models import sigma_to_b, widths_from_b
 from ..segment import segment, segment_stats
 from .inputs import load_inputs
 from .outputs import write_maps
 
-#: Widths taken from a model's B column are floored here (A): B = 0 would be a delta function.
-SIGMA_FLOOR = 0.05
-
 
 def _log(msg: str) -> None:
     print(f"[segment] {msg}", file=sys.stderr, flush=True)
-
-
-def model_sigma(b: np.ndarray, model_path: str) -> np.ndarray:
-    """Per-axis widths (A) from a model's B column (A^2); refuse a column with no B at all."""
-    b = np.asarray(b, dtype=float)
-    if not np.any(b > 0):
-        raise InputError(model_path, "every B-factor is 0 or negative; refine B first (reff-dask bfactor) "
-                                     "or leave out --use-model-b")
-    return np.maximum(b_to_sigma(b), SIGMA_FLOOR)
 
 
 def chain_file_names(names: list[str], prefix: str = "chain") -> list[str]:
@@ -103,7 +92,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
          f"{len(names)} {key}s")
     history = []
     if use_model_b:
-        state = initial_state(m, atoms.xyz, atoms.weight, model_sigma(atoms.b_input, model_path))
+        state = initial_state(m, atoms.xyz, atoms.weight, widths_from_b(atoms.b_input, model_path))
     else:
         res = refine_bfactors(m, atoms.xyz, atoms.weight, settings, residue=atoms.residue)
         state, history = res.state, res.history

@@ -2,7 +2,7 @@
 
 The model map is made of Gaussians of one width from the resolution
 (``sigma = 0.225 x resolution`` A, :func:`reff_dask.gmm.mstep.uniform_sigma`) and mass Z x occupancy,
-as in :func:`reff_dask.bfactor.model_ccc`.
+as in :func:`reff_dask.gmm.fit.model_ccc`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import dask
 import numpy as np
 
-from ..bfactor import model_ccc
 from ..gmm import kernels as K
 from ..gmm.blocks import Block, per_block
+from ..gmm.fit import model_ccc
 from ..gmm.mstep import uniform_sigma
 from ..io.maps import Map
 
