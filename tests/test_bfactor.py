@@ -19,6 +19,7 @@ def _run(m, atoms, start_sigma, **kw):
                            residue=atoms.residue, state=state)
 
 
+@pytest.mark.slow
 def test_starts_five_times_apart_converge_to_same_widths(real_map, real_atoms):
     """B-only refinement from sigma 0.4 A and 2.0 A ends at the same per-atom widths."""
     a = _run(real_map, real_atoms, 0.4)
@@ -31,6 +32,7 @@ def test_starts_five_times_apart_converge_to_same_widths(real_map, real_atoms):
     assert a.ccc == pytest.approx(b.ccc, abs=0.003)
 
 
+@pytest.mark.slow
 def test_refined_b_raises_ccc_over_uniform_b(real_map, real_atoms):
     """Per-atom widths explain the real map better than the uniform width from the resolution."""
     ccc0, _ = model_ccc(real_map, real_atoms.xyz, real_atoms.weight, uniform_sigma(3.2))
@@ -41,6 +43,7 @@ def test_refined_b_raises_ccc_over_uniform_b(real_map, real_atoms):
     assert len(r.history) >= 25 and all(h["noise"] > 0 for h in r.history)
 
 
+@pytest.mark.slow
 def test_recovers_known_widths(real_map, real_atoms):
     """On a map simulated from known per-residue widths, refinement from a uniform start finds them."""
     rng = np.random.default_rng(3)
@@ -65,6 +68,7 @@ def test_residue_average_gives_one_width_per_residue(real_map, real_atoms):
     assert s.max() <= 1.5
 
 
+@pytest.mark.slow
 def test_distributed_cluster_gives_same_widths(real_map, real_atoms):
     """A 2-process local cluster gives the same answer as the in-process scheduler."""
     from reff_dask.cluster import dask_client

@@ -12,6 +12,8 @@ import pytest
 from reff_dask.io.maps import read_map
 from reff_dask.io.models import atom_table, b_to_sigma, read_structure
 
+pytestmark = pytest.mark.slow  # MD, subprocess jobs or a cluster: minutes (pytest -m "not slow" leaves them out)
+
 
 def _cli(*args, timeout=1800):
     return subprocess.run([sys.executable, "-m", "reff_dask.cli", *map(str, args)], capture_output=True,

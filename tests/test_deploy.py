@@ -129,6 +129,7 @@ def test_cli_cluster_options_reach_settings():
     assert _cluster_kw(build_parser().parse_args(["score", "-m", "m", "-p", "p", "-r", "3", "-o", "o"]))["cluster"] == "local"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 def test_make_certs_gives_a_working_tls_cluster(tmp_path):
     """deploy/tls/make-certs.sh material: a TLS scheduler + worker accept a client with it, refuse plain TCP."""

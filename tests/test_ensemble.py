@@ -18,6 +18,8 @@ from reff_dask.io.maps import map_stats, read_map
 from reff_dask.io.models import atom_table, b_to_sigma, read_structure, sigma_to_b, updated_structure
 from reff_dask.md.prepare import prepare_model
 
+pytestmark = pytest.mark.slow  # MD, subprocess jobs or a cluster: minutes (pytest -m "not slow" leaves them out)
+
 SMALL = dict(max_members=5, min_members=5, minimise_iterations=100)
 
 

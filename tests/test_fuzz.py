@@ -700,6 +700,7 @@ def _cli(*args, **kw):
                             text=True, start_new_session=True, cwd=ROOT, **kw)
 
 
+@pytest.mark.slow
 def test_ctrl_c_one_line_exit_130(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during the B stage: exit 130,
     one line, no traceback from the client or the workers, no output folder."""

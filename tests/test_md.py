@@ -27,11 +27,10 @@ from reff_dask.md.simulate import (
     run_chain_segment,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-PDB_5NI1 = DATA / "emd_3488" / "5ni1.pdb"
-PDB_3J6B = DATA / "emd_2566" / "3j6b_chain9_withH.pdb"
+PDB_5NI1 = Path(__file__).resolve().parents[1] / "examples" / "emd_3488" / "5ni1.pdb"  # ships with the repo
+PDB_3J6B = Path(__file__).resolve().parents[2] / "shared" / "data" / "emd_2566" / "3j6b_chain9_withH.pdb"
 
-pytestmark = pytest.mark.skipif(not PDB_5NI1.exists(), reason="shared data not present")
+pytestmark = pytest.mark.slow  # MD: minutes (pytest -m "not slow" leaves them out)
 
 
 def _xyz(st: gemmi.Structure) -> np.ndarray:
@@ -115,7 +114,7 @@ def test_prepare_5ni1_excludes_ligands_and_maps_protein(st_5ni1, prepared_full):
 
 def test_prepare_keeps_input_hydrogens_and_splits_gaps():
     if not PDB_3J6B.exists():
-        pytest.skip("3j6b not present")
+        pytest.skip(f"{PDB_3J6B} not present (../shared/data beside the repository)")
     st = gemmi.read_structure(str(PDB_3J6B))
     pm = prepare_model(st)
     assert pm.excluded == []

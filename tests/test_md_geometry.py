@@ -8,12 +8,15 @@ import math
 import gemmi
 import numpy as np
 import openmm
+import pytest
 
 from reff_dask.io.models import read_structure, updated_structure
 from reff_dask.md.ideal import library_targets
 from reff_dask.md.prepare import prepare_model
 from reff_dask.md.simulate import ChainSimulation
 from reff_dask.validation import validate_geometry
+
+pytestmark = pytest.mark.slow  # MD, subprocess jobs or a cluster: minutes (pytest -m "not slow" leaves them out)
 
 
 def _piece(st: gemmi.Structure, chain: str, lo: int, hi: int) -> gemmi.Structure:

@@ -14,6 +14,8 @@ from reff_dask.md.clashes import count_clashes
 from reff_dask.md.prepare import prepare_model
 from reff_dask.refine import RefineSettings, refine_positions
 
+pytestmark = pytest.mark.slow  # MD, subprocess jobs or a cluster: minutes (pytest -m "not slow" leaves them out)
+
 FAST = dict(preset="fast", steps=40, threads=1)
 
 

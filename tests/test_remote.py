@@ -21,6 +21,8 @@ from reff_dask.errors import InputError
 from reff_dask.io.maps import Map, read_map, write_zarr
 from reff_dask.jobs.outputs import write_maps
 
+pytestmark = pytest.mark.slow  # MD, subprocess jobs or a cluster: minutes (pytest -m "not slow" leaves them out)
+
 FAST = dict(iterations=3, residue_iterations=5)
 
 

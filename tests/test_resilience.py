@@ -18,6 +18,8 @@ import pytest
 from reff_dask.bfactor import BFactorSettings, refine_bfactors
 from reff_dask.io.maps import read_map
 
+pytestmark = pytest.mark.slow  # MD, subprocess jobs or a cluster: minutes (pytest -m "not slow" leaves them out)
+
 #: guards against a hang, not a measure of speed: a loaded 2-core machine runs these 10x slower
 HANG_S = 1800
 SETTINGS = BFactorSettings(3.2, iterations=5, residue_iterations=15, tol=0.0)  # no early stop: fixed work

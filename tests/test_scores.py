@@ -35,6 +35,7 @@ def one_chunk(real_map, real_structure, shifted):
     return score_models(real_map, {"deposited": real_structure, "shifted": shifted}, RES)
 
 
+@pytest.mark.slow
 def test_deposited_fits_better_than_shifted_residue_by_residue(one_chunk):
     t = one_chunk
     assert t.models == ["deposited", "shifted"]
@@ -158,6 +159,7 @@ def _cli(*args):
                           text=True, timeout=1800)
 
 
+@pytest.mark.slow
 def test_cli_writes_tables_plots_and_report(tmp_path, map_path, model_path, shifted, real_atoms):
     write_structure(shifted, tmp_path / "shifted")
     out = tmp_path / "out"

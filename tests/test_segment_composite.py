@@ -103,6 +103,7 @@ def test_segmentation_does_not_depend_on_chunks(real_map, real_atoms, fit, seg_r
     assert np.array_equal(labels, seg_result[1])
 
 
+@pytest.mark.slow
 def test_segment_cli_writes_masked_maps_labels_and_report(tmp_path, map_path, model_path, real_atoms, real_map):
     from reff_dask.cli import main
 
@@ -159,6 +160,7 @@ def focused(real_map, real_atoms):
     return dict(me=me, f1=f1, f2=f2, maps=maps, fits=fits, s=s, near=near)
 
 
+@pytest.mark.slow
 def test_atoms_go_to_the_map_that_resolves_them(focused, real_atoms):
     """Chains A+B get their lowest B in map 1, C+D in map 2; ties split; atoms outside every map drop out."""
     share = assign_atoms(np.stack([f.sigma for f in focused["fits"]]))
@@ -254,6 +256,7 @@ def _write(path, m: Map) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_composite_cli_end_to_end(tmp_path, focused, model_path, real_map):
     from reff_dask.cli import main
 
@@ -287,6 +290,7 @@ def test_composite_cli_end_to_end(tmp_path, focused, model_path, real_map):
     assert not (tmp_path / "bad.mrc").exists()
 
 
+@pytest.mark.slow
 def test_segment_by_selection_groups(tmp_path, map_path, model_path):
     """--group with gemmi selections: alpha (A, C) and beta (B, D) chains of haemoglobin, the haems
     and waters left to 'rest'; each group's share of the map mass equals the sum of its chains'
