@@ -126,6 +126,17 @@ def jobqueue_cluster(kind: str, settings: JobQueueSettings | None = None):
 _GRAPH_WARNING = {"distributed.admin.large-graph-warning-threshold": "1GiB"}
 
 
+def current_client():
+    """The Dask client of the running job (a :func:`dask_client` block), or None: then tasks run
+    in this process."""
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
                 threads_per_worker: int = 1, memory_limit: str | None = None,

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import checkpoint
+from .cluster import current_client
 from .errors import NumericalError
 from .gmm.fit import GMMState, default_sigma_min, em_iteration, model_ccc
 from .gmm.mstep import uniform_sigma
@@ -127,12 +128,7 @@ class ChainRunner:
     def __init__(self, prepared: PreparedModel, settings: RefineSettings, run_id: str):
         self.prepared, self.settings, self.run_id = prepared, settings, run_id
         self.recoveries: list[str] = []  # MD segments that blew up and were rerun (see run_chain_segment)
-        try:
-            from distributed import get_client
-
-            self.client = get_client()
-        except (ImportError, ValueError):
-            self.client = None
+        self.client = current_client()
         workers = self._share_prepared() if self.client is not None else []
         self.groups = md_groups(prepared, settings.md_groups or max(len(workers), 1))
         self._place(workers)

@@ -109,9 +109,15 @@ def choose_platform(name: str | None = None, threads: int | None = None
     raise ValueError(f"no OpenMM platform among {names}")
 
 
+def seed31(*parts: object) -> int:
+    """A positive 31-bit seed from ``parts`` (CRC-32 of their text joined by ':'); OpenMM treats
+    0 as random."""
+    return zlib.crc32(":".join(map(str, parts)).encode()) % 2147483646 + 1
+
+
 def segment_seed(seed: int, iteration: int, chain: str) -> int:
-    """A positive 31-bit seed from (seed, iteration, chain); OpenMM treats 0 as random."""
-    return zlib.crc32(f"{seed}:{iteration}:{chain}".encode()) % 2147483646 + 1
+    """The Langevin seed of one MD segment, from (seed, iteration, chain)."""
+    return seed31(seed, iteration, chain)
 
 
 #: extra reach (A) of the neighbour set taken at the start positions: chains move a few A in
@@ -200,7 +206,7 @@ class ChainSimulation:
         self._gmm_sub, self.input_atoms = gsub[order], self.input_atoms[order]
         self.gmm_force = make_gmm_force(self._gmm_sub, pos[self.subset][self._gmm_sub],
                                         1.0, k_gmm=self.k_gmm,
-                                        force_group=_free_group(self.system))
+                                        force_group=free_force_group(self.system))
         self.system.addForce(self.gmm_force)
         self._platform, self._props = choose_platform(platform, threads)
         self._pos_nm = pos[self.subset] / 10.0
@@ -376,7 +382,8 @@ class ChainSimulation:
 _WALL_RELISTS = 5
 
 
-def _free_group(system: openmm.System) -> int:
+def free_force_group(system: openmm.System) -> int:
+    """The highest force group no force of ``system`` uses (31 if all are)."""
     used = {f.getForceGroup() for f in system.getForces()}
     for g in range(31, -1, -1):
         if g not in used:
