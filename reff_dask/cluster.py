@@ -151,7 +151,13 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     """
     with dask.config.set(_GRAPH_WARNING), _client(scheduler, workers, threads_per_worker, memory_limit,
                                                   cluster, jobqueue, tls_dir) as client:
-        yield client
+        try:
+            yield client
+        except KeyboardInterrupt:
+            # the client's pending gather dies with the event loop; asyncio would report that
+            # task ("Task exception was never retrieved ... AllExit") under the one-line message
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            raise
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gemmi
@@ -720,6 +721,45 @@ def test_ctrl_c_one_line_exit_130(tmp_path):
     assert len(lines) == 1 and "interrupted" in lines[0], rest
     assert "Traceback" not in rest
     assert not out.exists()
+
+
+_GATHER_CHILD = """
+import sys, time
+from pathlib import Path
+
+
+def blocked(path):
+    Path(path).write_text("started")
+    while True:
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    import dask
+    from reff_dask.cluster import dask_client
+    try:
+        with dask_client(workers=1) as client:
+            dask.compute(dask.delayed(blocked, pure=False)(sys.argv[1]))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_gathering_adds_no_asyncio_report(tmp_path):
+    """Ctrl-C while the client waits in a gather (where a busy machine's Ctrl-C test caught it):
+    the gather that dies with the event loop must not add asyncio's "Task exception was never
+    retrieved" report under the job's one line. The task reports that it runs; then SIGINT."""
+    script, started = tmp_path / "child.py", tmp_path / "started"
+    script.write_text(_GATHER_CHILD)
+    p = subprocess.Popen([sys.executable, str(script), str(started)], stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, cwd=ROOT)
+    while not started.exists() and p.poll() is None:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    err = p.stderr.read()
+    assert p.wait() == 130 and err.strip() == "interrupted", err
 
 
 def test_inverted_map_and_solvent_level_warned(tmp_path, good_mrc, capsys):
