@@ -230,6 +230,24 @@ def test_subsystem_forces_match_full_system(piece):
             assert rel < 1e-6, (name, rel)
 
 
+def test_subsystem_cut_again_is_the_same_and_sees_a_changed_system(piece):
+    """A worker cuts the same system every EM iteration from its parsed XML: a second cut equals
+    the first, and a system that gained a force is parsed afresh."""
+    from reff_dask.md.subsystem import extract_subsystem
+
+    _, pm = piece
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(pm.system))
+    subset = np.flatnonzero(pm.in_chains("A"))
+    mobile = np.ones(len(subset), bool)
+    first, again = (openmm.XmlSerializer.serialize(extract_subsystem(system, subset, mobile, True)) for _ in range(2))
+    assert first == again
+    extra = openmm.CustomExternalForce("x")
+    extra.addParticle(int(subset[0]), [])
+    system.addForce(extra)
+    cut = extract_subsystem(system, subset, mobile, True)
+    assert cut.getNumForces() == openmm.XmlSerializer.deserialize(first).getNumForces() + 1
+
+
 def test_neighbours_fixed_and_updated(piece):
     _, pm = piece
     sim = ChainSimulation(pm, "A", preset="fast")

@@ -4,13 +4,15 @@ Every force is copied through its XML serialisation: per-particle entries are
 kept for the subset (in subset order) and every term (bond, angle, torsion,
 CMAP, exception, exclusion, interaction group) whose particles all lie in the
 subset is kept with re-numbered indices.  This avoids residue templates, so a
-neighbour chain can be cut mid-residue.  Units: nm (OpenMM).
+neighbour chain can be cut mid-residue.  Each force's XML is split into lines
+once per system (a worker cuts the same system every EM iteration); a cut is then
+numpy on the index arrays and one format per kept line.  Units: nm (OpenMM).
 """
 
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
+import threading
 
 import numpy as np
 import openmm
@@ -24,47 +26,117 @@ _SUPPORTED = {
     "GBSAOBCForce", "CustomExternalForce",
 }
 _SKIPPED = {"CMMotionRemover"}
-_INDEX_ATTR = re.compile(r"^(p\d+|a\d|b\d|index)$")
 _TERM_LISTS = {"Bonds", "Angles", "Torsions", "Exceptions", "Exclusions"}
 
 
-def _filter_force_xml(xml: str, remap: np.ndarray, skip_pairs: set[tuple[int, int]] | None) -> str:
-    root = ET.fromstring(xml)
-    ftype = root.get("type")
-    keep_pos = np.flatnonzero(remap >= 0)
-    for child in list(root):
-        tag = child.tag
-        if tag == "Particles" and ftype != "CustomExternalForce":
-            items = list(child)
-            child[:] = [items[i] for i in keep_pos]
-        elif tag in _TERM_LISTS or (tag == "Particles" and ftype == "CustomExternalForce"):
-            kept = []
-            for it in child:
-                keys = [k for k in it.attrib if _INDEX_ATTR.match(k)]
-                idx = [int(it.get(k)) for k in keys]
-                new = [int(remap[i]) for i in idx]
-                if min(new) < 0:
-                    continue
-                if skip_pairs is not None and len(idx) == 2 and tag == "Bonds" \
-                        and (min(idx), max(idx)) in skip_pairs:
-                    continue
-                for k, v in zip(keys, new):
-                    it.set(k, str(v))
-                kept.append(it)
-            child[:] = kept
-        elif tag == "InteractionGroups":
-            for group in child:
-                for s in group:
-                    kept = []
-                    for it in s:
-                        j = int(remap[int(it.get("index"))])
-                        if j >= 0:
-                            it.set("index", str(j))
-                            kept.append(it)
-                    s[:] = kept
-        elif tag in ("ParticleOffsets", "ExceptionOffsets") and len(child):
-            raise NotImplementedError(f"{ftype} with parameter offsets")
-    return ET.tostring(root, encoding="unicode")
+_INDEX = re.compile(r'(?<= )(p\d+|a\d|b\d|index)="(\d+)"')
+_SECTION = re.compile(r"^\t<(\w+)>$")
+
+
+class _Section:
+    """One list of a force's XML (per-particle entries or terms), parsed once: its lines, and for
+    each line the particle indices it names (term lines) or none (structure lines)."""
+
+    def __init__(self, tag: str, ftype: str, lines: list[str]):
+        self.tag, self.lines = tag, lines
+        self.by_position = tag == "Particles" and ftype != "CustomExternalForce"  # entry k is particle k
+        if self.by_position:
+            return
+        found = [[int(v) for _, v in _INDEX.findall(ln)] for ln in lines]
+        self.term = np.array([bool(f) for f in found])
+        width = {len(f) for f in found if f}
+        if len(width) > 1:
+            raise NotImplementedError(f"{ftype} {tag}: terms with different particle counts")
+        self.idx = np.array([f for f in found if f], dtype=np.int64).reshape(-1, width.pop() if width else 0)
+        self._templates: list[str] | None = None
+
+    def templates(self) -> list[str]:
+        """Term lines with their particle indices as format fields."""
+        if self._templates is None:
+            out = []
+            for ln, t in zip(self.lines, self.term):
+                if t:
+                    k = iter(range(self.idx.shape[1]))
+                    ln = _INDEX.sub(lambda m: f'{m.group(1)}="{{{next(k)}}}"', ln.replace("{", "{{").replace("}", "}}"))
+                out.append(ln)
+            self._templates = out
+        return self._templates
+
+    def cut(self, remap: np.ndarray, keep_pos: np.ndarray, skip_keys: np.ndarray | None) -> list[str]:
+        if self.by_position:
+            return [self.lines[k] for k in keep_pos]
+        new = remap[self.idx]
+        keep = (new >= 0).all(axis=1)
+        if skip_keys is not None and self.idx.shape[1] == 2:
+            lo, hi = self.idx.min(axis=1), self.idx.max(axis=1)
+            keep &= ~np.isin(lo * len(remap) + hi, skip_keys)
+        tpl, out, t = self.templates(), [], 0
+        for ln, is_term in zip(tpl, self.term):
+            if not is_term:
+                out.append(ln)
+                continue
+            if keep[t]:
+                out.append(ln.format(*new[t].tolist()))
+            t += 1
+        return out
+
+
+class _ForceText:
+    """A force's XML serialisation split into verbatim lines and :class:`_Section` lists."""
+
+    def __init__(self, force: openmm.Force):
+        xml = openmm.XmlSerializer.serialize(force)
+        self.ftype = force.__class__.__name__
+        lines = xml.split("\n")
+        self.parts: list[str | tuple[str, _Section, str]] = []
+        i = 0
+        while i < len(lines):
+            m = _SECTION.match(lines[i])
+            tag = m.group(1) if m else None
+            if tag in _TERM_LISTS or tag in ("Particles", "InteractionGroups"):
+                j = lines.index(f"\t</{tag}>", i + 1)
+                self.parts.append((lines[i], _Section(tag, self.ftype, lines[i + 1:j]), lines[j]))
+                i = j + 1
+                continue
+            if tag in ("ParticleOffsets", "ExceptionOffsets"):
+                raise NotImplementedError(f"{self.ftype} with parameter offsets")
+            self.parts.append(lines[i])
+            i += 1
+
+    def cut(self, remap: np.ndarray, skip_keys: np.ndarray | None) -> openmm.Force:
+        keep_pos = np.flatnonzero(remap >= 0)
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+            else:
+                head, sec, tail = part
+                out.append(head)
+                out.extend(sec.cut(remap, keep_pos, skip_keys if sec.tag == "Bonds" else None))
+                out.append(tail)
+        return openmm.XmlSerializer.deserialize("\n".join(out))
+
+
+#: parsed forces and hydrogen bonds of the last systems cut (a worker cuts the same prepared
+#: system many times; a system must not change once cut: keyed by identity, particle and
+#: force counts)
+_PARSED: dict[tuple, tuple[openmm.System, list[_ForceText], list]] = {}
+_PARSED_LOCK = threading.Lock()
+
+
+def _parsed(system: openmm.System) -> tuple[list[_ForceText], list[tuple[int, int, float]]]:
+    key = (id(system), system.getNumParticles(), system.getNumForces())
+    with _PARSED_LOCK:
+        hit = _PARSED.get(key)
+        if hit is not None and hit[0] is system:
+            return hit[1], hit[2]
+    texts = [_ForceText(f) for f in system.getForces() if f.__class__.__name__ not in _SKIPPED]
+    hbonds = hydrogen_bonds(system)
+    with _PARSED_LOCK:
+        if len(_PARSED) >= 2:
+            _PARSED.clear()
+        _PARSED[key] = (system, texts, hbonds)
+    return texts, hbonds
 
 
 def hydrogen_bonds(system: openmm.System) -> list[tuple[int, int, float]]:
@@ -119,22 +191,21 @@ def extract_subsystem(
         i, j, d = system.getConstraintParameters(c)
         if remap[i] >= 0 and remap[j] >= 0 and mobile_full[i] and mobile_full[j]:
             sub.addConstraint(int(remap[i]), int(remap[j]), d)
-    skip = None
-    if constrain_hbonds:
-        skip = set()
-        for i, j, r0 in hydrogen_bonds(system):
-            if mobile_full[i] and mobile_full[j]:
-                sub.addConstraint(int(remap[i]), int(remap[j]), r0)
-                skip.add((i, j))
     for f in system.getForces():
         name = f.__class__.__name__
-        if name in _SKIPPED:
-            continue
-        if name not in _SUPPORTED:
+        if name not in _SKIPPED and name not in _SUPPORTED:
             raise NotImplementedError(f"cannot cut {name} into a sub-system")
-        xml = openmm.XmlSerializer.serialize(f)
-        xml = _filter_force_xml(xml, remap, skip if name == "HarmonicBondForce" else None)
-        sub.addForce(openmm.XmlSerializer.deserialize(xml))
+    texts, hbonds = _parsed(system)
+    skip_keys = None
+    if constrain_hbonds:
+        skip = []
+        for i, j, r0 in hbonds:
+            if mobile_full[i] and mobile_full[j]:
+                sub.addConstraint(int(remap[i]), int(remap[j]), r0)
+                skip.append(i * n + j)
+        skip_keys = np.array(sorted(skip), dtype=np.int64)
+    for text in texts:
+        sub.addForce(text.cut(remap, skip_keys if text.ftype == "HarmonicBondForce" else None))
     return sub
 
 
