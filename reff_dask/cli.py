@@ -65,7 +65,7 @@ def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
 
 
 #: Global map resolution, Angstrom.
-_resolution = _float(0.5, 50.0)
+_resolution = _float(0.5, 50.0)  # io.maps.RESOLUTION_RANGE_A (not imported: the parser stays light)
 _positive = _float(0.0, lo_open=True)
 _nonneg = _float(0.0)
 

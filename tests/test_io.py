@@ -225,3 +225,22 @@ def test_widths_from_b_one_rule_for_every_job(real_atoms, model_path):
     with pytest.raises(InputError, match="every B-factor is 0") as e:
         widths_from_b(np.zeros(5), model_path)
     assert str(model_path) in str(e.value)
+
+
+def test_reports_are_strict_json(tmp_path):
+    """Every job writes its report through jobs.common.write_json: NaN and inf become null and
+    numpy numbers plain numbers, so strict JSON readers (jq, JavaScript, json.loads with
+    parse_constant refusing NaN) take it."""
+    import json
+
+    from reff_dask.jobs.common import write_json
+
+    path = tmp_path / "report.json"
+    write_json(path, {"ccc": float("nan"), "n": np.int64(3), "x": np.float32(0.5), "v": np.array([1.0, np.inf]),
+                      "rows": [(1.0, float("-inf"))]})
+
+    def refuse(name):
+        raise ValueError(name)
+
+    got = json.loads(path.read_text(), parse_constant=refuse)
+    assert got == {"ccc": None, "n": 3, "x": 0.5, "v": [1.0, None], "rows": [[1.0, None]]}

@@ -86,6 +86,17 @@ def is_zarr(path: str | Path) -> bool:
     return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zarray", ".zgroup"))
 
 
+#: Resolutions (A) a job accepts: below 0.5 A or beyond 50 A a number is a typo, not a map.
+RESOLUTION_RANGE_A = (0.5, 50.0)
+
+
+def check_resolution(resolution: float, map_path: str) -> None:
+    """Refuse a resolution outside :data:`RESOLUTION_RANGE_A`, naming the map it was given for."""
+    lo, hi = RESOLUTION_RANGE_A
+    if not lo <= resolution <= hi:
+        raise InputError(map_path, f"resolution {resolution} A is outside {lo:g}-{hi:g} A")
+
+
 def read_map(path: str | Path, chunks: int | Sequence[int] = DEFAULT_CHUNK) -> Map:
     """Open an MRC/CCP4 file (``.gz`` too) or a Zarr store as a chunked :class:`Map`.
 

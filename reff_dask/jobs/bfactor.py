@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,11 +13,11 @@ from ..gmm import kernels as K
 from ..gmm.blockwise import simulate
 from ..gmm.fit import model_ccc
 from ..gmm.mstep import uniform_sigma
-from ..io.atomic import write_text
 from ..io.maps import write_mrc
 from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..plots import bfactor_plot
 from .inputs import atoms_at_cap, b_cap_warning, load_inputs
+from .common import grid_dict, write_json
 
 
 def _progress(row: dict) -> None:
@@ -57,7 +56,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     report = {
         "command": "bfactor",
         "map": str(map_path), "model": str(model_path), "resolution": resolution,
-        "map_grid": {"shape_zyx": m.grid.shape, "voxel_size_xyz": m.grid.voxel_size, "origin_xyz": m.grid.origin},
+        "map_grid": grid_dict(m.grid),
         "map_stats": inp.map_stats,
         "atoms": len(atoms), "atoms_outside_map": inp.atoms_outside,
         "ccc_uniform_b": ccc0, "ccc_uniform_b_mask": ccc0_mask,
@@ -72,7 +71,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "outputs": [p.name for p in models] + ["simulated.mrc", "bfactor.png", "report.json"],
         "wall_seconds": time.perf_counter() - t0,
     }
-    write_text(out / "report.json", json.dumps(report, indent=1, default=float))
+    write_json(out / "report.json", report)
     print(f"[bfactor] CCC uniform B {ccc0:.4f} -> refined B {result.ccc:.4f}; wrote {out}/",
           file=sys.stderr, flush=True)
     return report

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,15 +13,14 @@ from ..composite import ComponentFit, assign_atoms, check_grids, composite, fit_
 from ..errors import InputError
 from ..gmm.fit import model_ccc
 from ..gmm.mstep import uniform_sigma
-from ..io.atomic import write_text
-from ..io.maps import Map, check_map_values, is_url, local_path, map_stats, read_map
+from ..io.maps import Map, check_map_values, check_resolution, is_url, local_path, map_stats, read_map
 from ..io.models import atom_table, read_structure, sigma_to_b, widths_from_b
 from .inputs import PERSIST_BYTES
 from .outputs import write_maps
+from .common import grid_dict, progress, write_json
 
 
-def _log(msg: str) -> None:
-    print(f"[composite] {msg}", file=sys.stderr, flush=True)
+_log = progress("composite")
 
 
 def _expand(values: list, n: int, what: str) -> list:
@@ -66,8 +63,7 @@ def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], 
     model_paths = _expand(list(model_paths), n, "model")
     resolutions = _expand(list(resolutions), n, "resolution")
     for path, r in zip(map_paths, resolutions):
-        if not 0.5 <= r <= 50:
-            raise InputError(path, f"resolution {r} A is outside 0.5-50 A")
+        check_resolution(r, path)
     check_model_b(model_paths, n, use_model_b)
     maps: list[Map] = []
     for path in map_paths:
@@ -122,7 +118,7 @@ def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], 
         unit = scales[c] * float(np.prod(m.grid.voxel_size))
         per_map.append({
             "map": str(m.path), "model": str(model_paths[c]), "resolution": resolutions[c],
-            "grid": {"shape_zyx": m.grid.shape, "voxel_size_xyz": m.grid.voxel_size, "origin_xyz": m.grid.origin},
+            "grid": grid_dict(m.grid),
             "resampled": not m.grid.same_as(grid),
             "atoms_inside": int(f.inside.sum()), "atoms_won": float(share[c].sum()),
             "median_b_inside_A2": float(np.median(b_in)),
@@ -134,7 +130,7 @@ def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], 
         })
     report = {
         "command": "composite", "output": str(out), "maps": per_map,
-        "grid": {"shape_zyx": grid.shape, "voxel_size_xyz": grid.voxel_size, "origin_xyz": grid.origin},
+        "grid": grid_dict(grid),
         "widths": "model B columns" if use_model_b else "B-only stage per map",
         "match_scale": match_scale,
         "atoms": len(weight), "atoms_in_no_map": int((share.sum(axis=0) == 0).sum()),
@@ -143,7 +139,7 @@ def run(map_paths: list[str], model_paths: list[str], resolutions: list[float], 
         "settings": None if use_model_b else settings.__dict__,
         "wall_seconds": time.perf_counter() - t0,
     }
-    write_text(report_path(out), json.dumps(report, indent=1, default=float))
+    write_json(report_path(out), report)
     _log(f"model CCC (uniform B): composite {ccc_comp:.4f}; maps "
          + ", ".join(f"{p['model_ccc_uniform_b']:.4f}" for p in per_map) + f"; wrote {out}")
     return report

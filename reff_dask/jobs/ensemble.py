@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,10 +29,10 @@ from ..io.models import updated_structure, widths_from_b, write_structure
 from ..md.prepare import prepare_model
 from .ensemble_plots import ensemble_plot
 from .inputs import check_md_options, load_inputs
+from .common import progress, write_json
 
 
-def _say(text: str) -> None:
-    print(f"[ensemble] {text}", file=sys.stderr, flush=True)
+_say = progress("ensemble")
 
 
 def _progress(row: dict) -> None:
@@ -167,7 +165,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "wall_seconds": {"total": time.perf_counter() - t_start, "prepare": t_prepare, **result.timing},
         "outputs": [p.name for p in models] + ["ensemble_map.mrc", "rmsf.csv", "ensemble.png", "report.json"],
     }
-    write_text(out / "report.json", json.dumps(report, indent=1, default=float))
+    write_json(out / "report.json", report)
     _say(f"ensemble of {n} (of {result.evaluated} made): CCC {result.ccc:.4f} vs single model "
          f"{ccc_single_u[0]:.4f} (uniform) / {ccc_single_b[0]:.4f} (its B) / {ccc_relaxed[0]:.4f} (relaxed); "
          "RMSF-B (CA) Pearson "

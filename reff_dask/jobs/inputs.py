@@ -9,7 +9,7 @@ import gemmi
 import numpy as np
 
 from ..errors import InputError
-from ..io.maps import Map, check_map_values, map_stats, read_map
+from ..io.maps import Map, check_map_values, check_resolution, map_stats, read_map
 from ..io.models import AtomTable, atom_table, check_in_box, read_structure
 
 #: Maps smaller than this are kept in worker memory across EM iterations.
@@ -30,8 +30,8 @@ def load_inputs(map_path: str, model_path: str, chunks, resolution: float | None
 
     Must run inside :func:`reff_dask.cluster.dask_client` so the map lands on the workers.
     """
-    if resolution is not None and not (0.5 <= resolution <= 50):
-        raise InputError(map_path, f"resolution {resolution} A is outside 0.5-50 A")
+    if resolution is not None:
+        check_resolution(resolution, map_path)
     m = read_map(map_path, chunks)
     st = read_structure(model_path)
     atoms = atom_table(st, model_path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +12,6 @@ from .. import checkpoint
 from ..bfactor import BFactorSettings, refine_bfactors
 from ..gmm.fit import GMMState, model_ccc
 from ..gmm.mstep import uniform_sigma
-from ..io.atomic import write_text
 from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..md.prepare import prepare_model
 from ..md.simulate import choose_platform
@@ -23,11 +20,11 @@ from ..refine import RefineSettings, md_groups, minimise, refine_positions
 from ..scores import score_models
 from ..validation import geometry_changes, validate_geometry
 from .inputs import b_cap_warning, check_md_options, load_inputs
-from .score import _nan_to_none, write_outputs
+from .score import write_outputs
+from .common import progress, write_json
 
 
-def _say(text: str) -> None:
-    print(f"[refine] {text}", file=sys.stderr, flush=True)
+_say = progress("refine")
 
 
 def _progress(row: dict) -> None:
@@ -161,7 +158,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
                          "minimise": t_min, "scores": t_scores, **result.timing},
         "outputs": [p.name for p in models] + score_files + ["refine.png", "report.json", checkpoint.NAME],
     }
-    write_text(out / "report.json", json.dumps(_nan_to_none(report), indent=1, default=float))
+    write_json(out / "report.json", report)
     _say(f"wrote {out}/")
     return report
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import sys
 import time
@@ -18,6 +17,7 @@ from ..precheck import check_contour
 from ..scores import ScoreSettings, ScoreTable, score_models
 from .inputs import load_inputs
 from .score_plots import chain_plot
+from .common import grid_dict, progress, write_json
 
 
 def _csv(rows: list[dict]) -> str:
@@ -51,8 +51,7 @@ def write_outputs(table: ScoreTable, outdir: str | Path) -> list[str]:
                  "scores": {label: {"smocf": _num(table.smoc[k, j]), "loqfit": _num(table.loqfit[k, j]),
                                     "note": table.note[k][j]} for j, label in enumerate(table.models)}}
                 for k, (c, n, i, nm) in enumerate(zip(table.chain, table.seqnum, table.icode, table.name))]
-    write_text(out / "scores.json", json.dumps({"models": table.models, "resolution": table.resolution,
-                                                "residues": residues}, indent=1))
+    write_json(out / "scores.json", {"models": table.models, "resolution": table.resolution, "residues": residues})
     write_text(out / "chain_means.csv", _csv(_chain_rows(table)))
     names = ["scores.csv", "scores.json", "chain_means.csv"]
     for chain in table.chains():
@@ -64,16 +63,6 @@ def write_outputs(table: ScoreTable, outdir: str | Path) -> list[str]:
 
 def _num(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
-
-
-def _nan_to_none(obj):
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
@@ -106,7 +95,7 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
     report = {
         "command": "score",
         "map": str(map_path), "model_files": dict(zip(labels, map(str, model_paths))),
-        "map_grid": {"shape_zyx": m.grid.shape, "voxel_size_xyz": m.grid.voxel_size, "origin_xyz": m.grid.origin},
+        "map_grid": grid_dict(m.grid),
         "map_stats": inp.map_stats, "atoms_outside_map": atoms_outside,
         **summary,
         "notes": {"loqfit_cap": f"LoQFit clamped at the upper limit {settings.loqfit_cap:g} A "
@@ -116,6 +105,6 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
         "outputs": files + ["report.json"],
         "wall_seconds": time.perf_counter() - t0,
     }
-    write_text(Path(outdir) / "report.json", json.dumps(_nan_to_none(report), indent=1, default=float))
-    print(f"[score] wrote {outdir}/", file=sys.stderr, flush=True)
+    write_json(Path(outdir) / "report.json", report)
+    progress("score")(f"wrote {outdir}/")
     return report

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -15,15 +13,14 @@ from ..bfactor import BFactorSettings, refine_bfactors
 from ..errors import InputError
 from ..gmm import kernels as K
 from ..gmm.fit import initial_state
-from ..io.atomic import write_text
 from ..io.models import sigma_to_b, widths_from_b
 from ..segment import segment, segment_stats
 from .inputs import load_inputs
 from .outputs import write_maps
+from .common import grid_dict, progress, write_json
 
 
-def _log(msg: str) -> None:
-    print(f"[segment] {msg}", file=sys.stderr, flush=True)
+_log = progress("segment")
 
 
 def chain_file_names(names: list[str], prefix: str = "chain") -> list[str]:
@@ -121,7 +118,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     report = {
         "command": "segment", "map": str(map_path), "model": str(model_path), "resolution": resolution,
         "by": key, "selections": groups or None, "threshold": threshold, "widths": "model B column" if use_model_b else "B-only stage",
-        "map_grid": {"shape_zyx": m.grid.shape, "voxel_size_xyz": m.grid.voxel_size, "origin_xyz": m.grid.origin},
+        "map_grid": grid_dict(m.grid),
         "scale": state.scale, "noise": state.noise,
         f"{key}s": chains,
         "background": {"label": 0, "voxels": int(voxels[0]),
@@ -132,7 +129,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "outputs": sorted(p.name for p in targets) + ["segment.json"],
         "wall_seconds": time.perf_counter() - t0,
     }
-    write_text(out / "segment.json", json.dumps(report, indent=1, default=float))
+    write_json(out / "segment.json", report)
     _log("; ".join(f"{c[key]}: {c['voxels_assigned']} voxels, {100 * c['map_mass_fraction']:.1f}% of mass"
                    for c in chains) + f"; wrote {out}/")
     return report

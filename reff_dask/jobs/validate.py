@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..errors import InputError
 from ..io.atomic import write_text
 from ..io.models import model_labels, read_structure
 from ..validation import OMEGA_TWIST_DEG, PLANE_OUTLIER_A, Z_OUTLIER, check_monlib, validate_geometry
+from .common import progress, write_json
 
 #: (key in the geometry dicts, table header, format) in table and CSV order.
 COLUMNS = (
@@ -117,7 +117,7 @@ def run(model_paths: list[str], outdir: str | None = None, monlib: str | None = 
     }
     if outdir is not None:
         d = Path(outdir)
-        write_text(d / "validation.json", json.dumps(report, indent=1))
+        write_json(d / "validation.json", report)
         write_text(d / "validation.csv", csv_text(results))
-        print(f"[validate] wrote {d / 'validation.json'} and {d / 'validation.csv'}", file=sys.stderr, flush=True)
+        progress("validate")(f"wrote {d / 'validation.json'} and {d / 'validation.csv'}")
     return report

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..gmm import kernels as K
 from ..gmm.mstep import SIGMA_PER_RESOLUTION, uniform_sigma
-from ..io.maps import Map
+from ..io.maps import Map, check_resolution
 from ..io.models import atom_table
 from .blockwise import LocalParams, ModelSpec, score_local
 from .ccc import global_ccc
@@ -162,8 +162,7 @@ def score_models(m: Map, structures: Mapping[str, gemmi.Structure] | Sequence[ge
     :class:`InputError` when a model mostly lies outside the map.
     """
     settings = settings or ScoreSettings()
-    if not (0.5 <= resolution <= 50):
-        raise InputError(m.path, f"resolution {resolution} A is outside 0.5-50 A")
+    check_resolution(resolution, m.path)
     labels, sts = _labels(structures)
     if not sts:
         raise ValueError("no models to score")
