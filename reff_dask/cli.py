@@ -117,55 +117,59 @@ def _bstage_args(p: argparse.ArgumentParser, use_model_b: bool = True) -> None:
         g.add_argument("--use-model-b", action="store_true",
                        help="take widths from the model's B column (already refined) instead of running "
                             "the B-only stage")
-    g.add_argument("--iterations", type=_int(1), default=25, help="per-atom E/M iterations (default 25)")
-    g.add_argument("--residue-iterations", type=_int(0), default=100,
+    g.add_argument("--iterations", type=_int(1), help="per-atom E/M iterations (default 25)")
+    g.add_argument("--residue-iterations", type=_int(0),
                    help="E/M iterations with residue-pooled widths first (default 100; stops earlier once "
                         "converged)")
     g.add_argument("--residue-average", action="store_true",
                    help="keep one width per residue to the end (paper's residue-averaged B)")
-    g.add_argument("--sigma-max", type=_positive, default=2.5,
-                   help="cap on Gaussian sigma in A (paper: 2.5; 1.5 for membrane proteins)")
+    g.add_argument("--sigma-max", type=_positive,
+                   help="cap on Gaussian sigma in A (default 2.5, as the paper; 1.5 for membrane proteins)")
     g.add_argument("--sigma-min", type=_positive, default=None, help="floor on sigma in A (default: half a voxel)")
+
+
+def _settings(cls, resolution: float, args):
+    """``cls(resolution, ...)`` with the options the user gave, by field name; every other field
+    keeps the dataclass default (the one source of defaults: options default to None, and
+    tests/test_cli.py checks the help's "(default ...)" against the dataclasses)."""
+    import dataclasses
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if f.name != "resolution" and getattr(args, f.name, None) is not None}
+    return cls(resolution, **given)
 
 
 def _bsettings(args, resolution: float):
     from .bfactor import BFactorSettings
 
-    return BFactorSettings(resolution, args.iterations, args.residue_iterations, args.sigma_max,
-                           args.sigma_min, args.residue_average)
+    return _settings(BFactorSettings, resolution, args)
 
 
 def _ensemble_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ensemble (the model's B column gives the widths: B = 8 pi^2 sigma^2)")
-    g.add_argument("--k-ens", type=_nonneg, default=1000.0, help="ensemble force constant (Eq. 14), kJ/mol A^3 "
+    g.add_argument("--k-ens", type=_nonneg, help="ensemble force constant (Eq. 14), kJ/mol A^3 "
                                                                "(default 1000)")
     g.add_argument("--k-dens", type=_nonneg, default=None, help="density force, kJ/mol per atom per map sd")
-    g.add_argument("--max-members", type=_int(1), default=40, help="members at most (default 40)")
-    g.add_argument("--min-members", type=_int(1), default=3, help="members at least (default 3)")
-    g.add_argument("--patience", type=_int(1), default=3,
+    g.add_argument("--max-members", type=_int(1), help="members at most (default 40)")
+    g.add_argument("--min-members", type=_int(1), help="members at least (default 3)")
+    g.add_argument("--patience", type=_int(1),
                    help="stop after this many members without a better ensemble CCC (default 3)")
-    g.add_argument("--minimise-iterations", type=_int(0), default=200, help="L-BFGS iterations per minimisation")
-    g.add_argument("--md-steps", type=_int(0), default=0,
+    g.add_argument("--minimise-iterations", type=_int(0), help="L-BFGS iterations per minimisation (default 200)")
+    g.add_argument("--md-steps", type=_int(0),
                    help="MD steps (0.1 fs) with the forces on between the minimisations (paper: 2000; default 0)")
-    g.add_argument("--member-width", choices=["resolution", "model"], default="resolution",
+    g.add_argument("--member-width", choices=["resolution", "model"],
                    help="widths of the members' simulated maps: uniform from the resolution (default) or "
                         "the model's B")
     g.add_argument("--forcefield", default="amber14", help="amber14 (default) or charmm36")
     g.add_argument("--implicit", default="default", help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
     g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
-    g.add_argument("--seed", type=_int(0), default=1, help="random seed of the sampling (default 1)")
+    g.add_argument("--seed", type=_int(0), help="random seed of the sampling (default 1)")
 
 
 def _ensemble_settings(args):
     from .ensemble import EnsembleSettings
 
-    s = EnsembleSettings(args.resolution, k_ens=args.k_ens, max_members=args.max_members,
-                         min_members=args.min_members, patience=args.patience,
-                         minimise_iterations=args.minimise_iterations, md_steps=args.md_steps,
-                         member_width=args.member_width, seed=args.seed, platform=args.platform)
-    if args.k_dens is not None:
-        s.k_dens = args.k_dens
-    return s
+    return _settings(EnsembleSettings, args.resolution, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     rf = sub.add_parser("refine", help="refine atom positions and B-factors: GMM-guided MD (the main job)")
     _map_model_args(rf)
     g = rf.add_argument_group("position refinement")
-    g.add_argument("--preset", choices=["paper", "fast", "minimise"], default="paper",
+    g.add_argument("--preset", choices=["paper", "fast", "minimise"],
                    help="MD per EM iteration: paper = 0.1 fs x 2000 steps (default); fast = 2 fs x 100 "
                         "steps with H bonds constrained; minimise = L-BFGS only")
     g.add_argument("--steps", type=_int(1), help="MD steps per EM iteration (overrides the preset)")
@@ -193,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--implicit", default="default",
                    help="implicit solvent XML (default: GBn2), or 'none' for vacuum")
     g.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
-    g.add_argument("--seed", type=_int(0), default=1, help="random seed of the MD (default 1)")
-    g.add_argument("--threads", type=_int(0), default=1,
+    g.add_argument("--seed", type=_int(0), help="random seed of the MD (default 1)")
+    g.add_argument("--threads", type=_int(0),
                    help="OpenMM CPU threads per MD task (default 1: runs are bitwise reproducible; groups of "
                         "chains run in parallel on the workers; 0: OpenMM's own choice)")
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
@@ -290,12 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             from .jobs import refine
             from .refine import RefineSettings
 
-            given = {k: v for k, v in (("max_iterations", args.max_iterations), ("patience", args.patience))
-                     if v is not None}  # unset: RefineSettings' defaults
-            rs = RefineSettings(args.resolution, **given, preset=args.preset, steps=args.steps, seed=args.seed, platform=args.platform,
-                                threads=args.threads, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
-            if args.k_gmm is not None:
-                rs.k_gmm = args.k_gmm
+            rs = _settings(RefineSettings, args.resolution, args)
             implicit = None if args.implicit.lower() == "none" else args.implicit
             with dask_client(**_cluster_kw(args)):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),

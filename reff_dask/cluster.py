@@ -60,9 +60,23 @@ class JobQueueSettings:
     DEFAULTS = {"cores": 4, "memory": "16GiB"}
 
 
+class _ClosedGather(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a gather that ended because the
+    client closed (distributed's AllExit): after Ctrl-C the event-loop thread reports it, racing
+    the job's one-line message. Every other asyncio report passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return type(exc).__name__ != "AllExit"
+
+
+_CLOSED_GATHER = _ClosedGather()
+
+
 def _quiet() -> None:
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("asyncio").addFilter(_CLOSED_GATHER)  # the same object: added once
 
 
 def tls_security(tls_dir: str | Path):
@@ -151,13 +165,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     """
     with dask.config.set(_GRAPH_WARNING), _client(scheduler, workers, threads_per_worker, memory_limit,
                                                   cluster, jobqueue, tls_dir) as client:
-        try:
-            yield client
-        except KeyboardInterrupt:
-            # the client's pending gather dies with the event loop; asyncio would report that
-            # task ("Task exception was never retrieved ... AllExit") under the one-line message
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-            raise
+        yield client
 
 
 @contextmanager
@@ -207,10 +215,12 @@ def _client(scheduler: str | None, workers: int | None, threads_per_worker: int,
     if cluster != "local":
         raise InputError(f"--cluster {cluster}", f"unknown cluster kind; choose one of {KINDS}")
     n = workers or min(os.cpu_count() or 1, 8)
+    # dashboard_address ":0": the scheduler's HTTP endpoints on a free port. With None it still
+    # binds 8787 and warns, on every run, when another cluster on the node holds that port
     with dask.config.set(_WORKER_ENV):
         with _children_ignore_sigint():
             local = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                                 dashboard_address=None, memory_limit=memory_limit or "auto",
+                                 dashboard_address=":0", memory_limit=memory_limit or "auto",
                                  silence_logs=logging.ERROR)
         with local, Client(local) as client:
             yield client

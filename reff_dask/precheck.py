@@ -38,14 +38,29 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _given_or_default(args, name: str, cls):
+    """The option's value, or the settings dataclass's default when it was not given."""
+    import dataclasses
+
+    v = getattr(args, name, None)
+    return v if v is not None else next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def check_options(args) -> None:
     """Options that must agree with each other (each one's own range is checked by the parser)."""
     cmd = args.command
-    smin, smax = getattr(args, "sigma_min", None), getattr(args, "sigma_max", None)
-    if smin is not None and smax is not None and smin > smax:
-        raise InputError(f"--sigma-min {smin}", f"is above --sigma-max {smax}")
-    if cmd == "ensemble" and args.min_members > args.max_members:
-        raise InputError(f"--min-members {args.min_members}", f"is above --max-members {args.max_members}")
+    if getattr(args, "sigma_min", None) is not None:
+        from .bfactor import BFactorSettings
+
+        smin, smax = args.sigma_min, _given_or_default(args, "sigma_max", BFactorSettings)
+        if smin > smax:
+            raise InputError(f"--sigma-min {smin}", f"is above --sigma-max {smax}")
+    if cmd == "ensemble":
+        from .ensemble import EnsembleSettings
+
+        lo, hi = (_given_or_default(args, k, EnsembleSettings) for k in ("min_members", "max_members"))
+        if lo > hi:
+            raise InputError(f"--min-members {lo}", f"is above --max-members {hi}")
     if cmd == "composite":
         n = len(args.map)
         for what, vals in (("-p/--model", args.model), ("-r/--resolution", args.resolution)):

@@ -95,3 +95,34 @@ def test_path_errors_come_before_any_cluster(tmp_path, map_path, model_path, job
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "error" in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("job, cls", [("bfactor", "reff_dask.bfactor.BFactorSettings"),
+                                      ("refine", "reff_dask.refine.RefineSettings"),
+                                      ("ensemble", "reff_dask.ensemble.EnsembleSettings")])
+def test_help_states_the_settings_defaults(job, cls):
+    """Options of a job's settings default to None and take the dataclass's default (one source);
+    the help's "(default N)" for each such option must say the dataclass's value."""
+    import dataclasses
+    import importlib
+    import re
+
+    from reff_dask.cli import build_parser
+
+    mod, name = cls.rsplit(".", 1)
+    defaults = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(mod), name))}
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[job]
+    checked = 0
+    for action in sub._actions:
+        field = action.dest
+        if field not in defaults or field == "resolution" or action.option_strings == []:
+            continue
+        assert action.default in (None, False), (job, field, action.default)  # the dataclass decides
+        m = re.search(r"\(default ([^;):,]+)", action.help or "")
+        if m and re.fullmatch(r"[-+.\w]+", m.group(1).strip()):
+            want = defaults[field]
+            got = type(want)(m.group(1).strip()) if want is not None else m.group(1).strip()
+            assert got == want, (job, field, m.group(1), want)
+            checked += 1
+    assert checked >= 3, (job, checked)
