@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MD per EM iteration: paper = 0.1 fs x 2000 steps (default); fast = 2 fs x 100 "
                         "steps with H bonds constrained; minimise = L-BFGS only")
     g.add_argument("--steps", type=_int(1), help="MD steps per EM iteration (overrides the preset)")
-    g.add_argument("--k-gmm", type=_nonneg, default=None, help="depth of each atom's target well, kJ/mol (default 300)")
+    g.add_argument("--k-gmm", type=_nonneg, default=None, help="depth of each atom's target well, kJ/mol (default: 300 up to 3.5 A resolution, x 3.5 / resolution beyond)")
     g.add_argument("--max-iterations", type=_int(1), help="EM iterations at most (default 300)")
     g.add_argument("--patience", type=_int(1),
                    help="stop after this many iterations without a CCC gain of 0.002 (default 3); the final "

@@ -22,7 +22,7 @@ from .errors import NumericalError
 from .gmm.fit import GMMState, default_sigma_min, em_iteration, model_ccc
 from .gmm.mstep import uniform_sigma
 from .io.maps import Map
-from .md.force import DEFAULT_K_GMM
+from .md.force import default_k_gmm
 from .md.prepare import PreparedModel
 from .md.simulate import run_chain_segment
 
@@ -33,7 +33,8 @@ class RefineSettings:
 
     preset: MD protocol per EM iteration ("paper": 0.1 fs x 2000 steps; "fast";
       "minimise"); steps: override the preset's steps per segment;
-      k_gmm: depth of each atom's target well (kJ/mol);
+      k_gmm: depth of each atom's target well (kJ/mol; None: :func:`.md.force.default_k_gmm` of the
+      resolution, 300 up to 3.5 A);
     k_final: well depth of the final minimisation (None: 2/3 k_gmm). A softer pull lets the
       force field relax what the wells held: on 5ME2 -> EMD-3488 (minimise preset, vacuum) the
       final model has CCC 0.648 / angle RMSD 1.94 deg / 9 clashes at k, 0.644 / 1.61 / 7 at
@@ -67,7 +68,7 @@ class RefineSettings:
     patience: int = 3
     preset: str = "paper"
     steps: int | None = None
-    k_gmm: float = DEFAULT_K_GMM
+    k_gmm: float | None = None
     k_final: float | None = None
     seed: int = 1
     platform: str | None = None
@@ -81,6 +82,10 @@ class RefineSettings:
     target_sigma_A: float | None = None
     well_width_A: float | None = None
     md_groups: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.k_gmm is None:
+            self.k_gmm = default_k_gmm(self.resolution)
 
 
 @dataclass

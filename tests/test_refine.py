@@ -271,3 +271,13 @@ def test_md_tasks_rerun_when_the_scattered_model_is_lost(two_chains, process_clu
         again = runner.run(pos, atoms.xyz, 1.0, iteration=1)
         assert runner._prepared is not lost
     np.testing.assert_allclose(again, first, atol=1e-6)
+
+
+def test_well_depth_falls_beyond_3_5_A():
+    """The default well depth is 300 kJ/mol up to 3.5 A and 300 x 3.5 / resolution beyond (GroEL
+    at 7 A: 150, which keeps the angle RMSD below the input's); a depth given is kept."""
+    from reff_dask.refine import RefineSettings
+
+    assert RefineSettings(2.9).k_gmm == RefineSettings(3.5).k_gmm == 300.0
+    assert RefineSettings(7.0).k_gmm == 150.0
+    assert RefineSettings(7.0, k_gmm=300.0).k_gmm == 300.0
