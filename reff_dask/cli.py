@@ -74,7 +74,10 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", help="address (tcp://host:8786) or scheduler file of a running Dask "
                                        "cluster; default: start an embedded local cluster")
-    g.add_argument("--workers", type=_int(1), help="worker processes of the embedded cluster (default: cores)")
+    g.add_argument("--workers", type=_int(0), help="worker processes of an embedded local cluster; 0: run in this "
+                                                   "process on threads (default: in this process for maps up to "
+                                                   "256^3 voxels and models up to 20,000 atoms, else one worker "
+                                                   "per core)")
     g.add_argument("--chunks", type=_chunks, default=64, help="map chunk edge in voxels, or z,y,x (default 64)")
     g.add_argument("--tls-dir", help="folder with ca.pem, cert.pem, key.pem to join a tls:// scheduler "
                                      "(deploy/tls/make-certs.sh makes them)")
@@ -94,13 +97,16 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     j.add_argument("--no-tls", action="store_true", help="plain TCP between the batch jobs (default: TLS)")
 
 
-def _cluster_kw(args) -> dict:
-    from .cluster import JobQueueSettings
+def _cluster_kw(args, size: tuple[int, int]) -> dict:
+    """:func:`.cluster.dask_client` arguments; prints where the job runs (``size``: map voxels, atoms)."""
+    from .cluster import JobQueueSettings, choose_workers
 
+    workers, line = choose_workers(args.workers, args.scheduler, args.cluster, *size)
+    print(f"[{args.command}] {line}", file=sys.stderr, flush=True)
     jq = JobQueueSettings(jobs=args.jobs, queue=args.queue, account=args.account, walltime=args.walltime,
                           cores=args.job_cores, memory=args.job_memory, job_extra=args.job_extra,
                           prologue=args.job_prologue, tls=not args.no_tls)
-    return {"scheduler": args.scheduler, "workers": args.workers, "cluster": args.cluster, "jobqueue": jq,
+    return {"scheduler": args.scheduler, "workers": workers, "cluster": args.cluster, "jobqueue": jq,
             "tls_dir": args.tls_dir}
 
 
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .precheck import precheck
 
-        precheck(args)
+        size = precheck(args)
         if args.command == "convert":
             from .io.maps import read_map, write_zarr
 
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             from .jobs import bfactor
 
             settings = _bsettings(args, args.resolution)
-            with dask_client(**_cluster_kw(args)):
+            with dask_client(**_cluster_kw(args, size)):
                 bfactor.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
             return 0
         if args.command == "refine":
@@ -296,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rs = _settings(RefineSettings, args.resolution, args)
             implicit = None if args.implicit.lower() == "none" else args.implicit
-            with dask_client(**_cluster_kw(args)):
+            with dask_client(**_cluster_kw(args, size)):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
                            args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib)
             return 0
@@ -306,13 +312,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "segment":
                 from .jobs import segment
 
-                with dask_client(**_cluster_kw(args)):
+                with dask_client(**_cluster_kw(args, size)):
                     segment.run(args.map, args.model, args.resolution, args.outdir, settings, args.group,
                                 args.use_model_b, args.threshold, args.chunks, args.keep_zarr)
                 return 0
             from .jobs import composite
 
-            with dask_client(**_cluster_kw(args)):
+            with dask_client(**_cluster_kw(args, size)):
                 composite.run(args.map, args.model, args.resolution, args.output, settings, args.use_model_b,
                               not args.no_resample, args.match_scale, args.chunks)
             return 0
@@ -321,14 +327,14 @@ def main(argv: list[str] | None = None) -> int:
             from .scores import ScoreSettings
 
             settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour)
-            with dask_client(**_cluster_kw(args)):
+            with dask_client(**_cluster_kw(args, size)):
                 score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
             return 0
         if args.command == "ensemble":
             from .jobs import ensemble
 
             implicit = None if args.implicit.lower() == "none" else args.implicit
-            with dask_client(**_cluster_kw(args)):
+            with dask_client(**_cluster_kw(args, size)):
                 ensemble.run(args.map, args.model, args.resolution, args.outdir, _ensemble_settings(args),
                              args.forcefield, implicit, args.chunks)
             return 0

@@ -1,8 +1,10 @@
-"""The one place that creates or joins a Dask cluster.
+"""The one place that creates or joins a Dask cluster, or decides that a job needs none.
 
-Three ways: join a running cluster (``scheduler``: address or scheduler file, TLS with
-``tls_dir``), start an embedded local cluster (default), or start one through a batch
-system with dask-jobqueue (``cluster="slurm"`` or ``"pbs"``; the ``hpc`` extra).
+Four ways: join a running cluster (``scheduler``: address or scheduler file, TLS with
+``tls_dir``), start an embedded local cluster, start one through a batch system with
+dask-jobqueue (``cluster="slurm"`` or ``"pbs"``; the ``hpc`` extra), or run on threads in
+this process (``workers=0``; what :func:`choose_workers` picks for small jobs when no cluster
+is named).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from .errors import InputError
 #: setting (glibc defaults, as in the client process); an explicit environment variable
 #: still wins.
 _WORKER_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+#: With no cluster named, jobs up to this many map voxels and model atoms run on threads in
+#: this process: worker processes cannot pay for their start-up (each imports numpy, dask and
+#: OpenMM and receives the map) and the scheduler's per-task cost there. On EMD-3488 (100^3
+#: voxels, 4.6k atoms; 2 cores) ``refine`` took 96 instead of 136-148 CPU s and 90 instead of
+#: 103-111 s wall, ``score`` ... (BENCHMARKS.md, "In this process or on a cluster").
+IN_PROCESS_VOXELS = 256**3
+IN_PROCESS_ATOMS = 20_000
 
 #: Cluster kinds ``--cluster`` accepts.
 KINDS = ("local", "slurm", "pbs")
@@ -151,15 +161,41 @@ def current_client():
         return None
 
 
+def choose_workers(workers: int | None, scheduler: str | None, cluster: str, voxels: int,
+                   atoms: int) -> tuple[int | None, str]:
+    """``workers`` for :func:`dask_client` and a line that says where the job runs.
+
+    A named cluster (``scheduler``, a batch ``cluster``) or a worker count given by the user
+    (0: this process) is kept; otherwise a job of at most :data:`IN_PROCESS_VOXELS` map voxels
+    (all maps together) and :data:`IN_PROCESS_ATOMS` atoms runs in this process (0), a larger
+    one on an embedded cluster (None: one worker per core)."""
+    if scheduler:
+        return workers, f"joining the Dask cluster at {scheduler}"
+    if cluster != "local":
+        return workers, f"starting a {cluster.upper()} cluster through dask-jobqueue"
+    size = f"map {voxels / 1e6:.1f} M voxels, model {atoms:,} atoms"
+    if workers == 0:
+        return 0, f"running in this process on threads (--workers 0; {size})"
+    if workers is not None:
+        return workers, f"starting a local cluster of {workers} worker process(es) ({size})"
+    if voxels <= IN_PROCESS_VOXELS and atoms <= IN_PROCESS_ATOMS:
+        return 0, (f"running in this process on threads ({size}: below the {IN_PROCESS_VOXELS / 1e6:.1f} M "
+                   f"voxels / {IN_PROCESS_ATOMS:,} atoms where worker processes pay; --workers N starts a "
+                   "local cluster)")
+    n = min(os.cpu_count() or 1, 8)
+    return None, f"starting a local cluster of {n} worker process(es) ({size})"
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
                 threads_per_worker: int = 1, memory_limit: str | None = None,
                 cluster: str = "local", jobqueue: JobQueueSettings | None = None,
-                tls_dir: str | Path | None = None) -> Iterator[Client]:
+                tls_dir: str | Path | None = None) -> Iterator[Client | None]:
     """Join the cluster at ``scheduler`` (address or scheduler-file path; TLS certificates
     from ``tls_dir``), start a batch-system cluster (``cluster="slurm"``/``"pbs"``,
     ``jobqueue`` settings), or start an embedded local one with ``workers`` processes
-    (default: one per core, at most 8).
+    (default: one per core, at most 8); ``workers=0``: no cluster, Dask's threaded scheduler
+    in this process (yields None).
 
     The client is the default for all Dask computations inside the ``with`` block.
     """
@@ -191,7 +227,8 @@ def _children_ignore_sigint() -> Iterator[None]:
 
 @contextmanager
 def _client(scheduler: str | None, workers: int | None, threads_per_worker: int, memory_limit: str | None,
-            cluster: str, jobqueue: JobQueueSettings | None, tls_dir: str | Path | None) -> Iterator[Client]:
+            cluster: str, jobqueue: JobQueueSettings | None, tls_dir: str | Path | None
+            ) -> Iterator[Client | None]:
     _quiet()
     security = tls_security(tls_dir) if tls_dir else None
     if scheduler:
@@ -214,6 +251,10 @@ def _client(scheduler: str | None, workers: int | None, threads_per_worker: int,
         return
     if cluster != "local":
         raise InputError(f"--cluster {cluster}", f"unknown cluster kind; choose one of {KINDS}")
+    if workers == 0:
+        with dask.config.set(scheduler="threads"):
+            yield None
+        return
     n = workers or min(os.cpu_count() or 1, 8)
     # dashboard_address ":0": the scheduler's HTTP endpoints on a free port. With None it still
     # binds 8787 and warns, on every run, when another cluster on the node holds that port

@@ -169,8 +169,9 @@ def check_contour(m, stats: dict, contour: float | None) -> None:
                                                  "no voxel would be inside")
 
 
-def check_inputs(args) -> None:
-    """Maps readable, models readable, each model inside its map, the job's own input rules."""
+def check_inputs(args) -> tuple[int, int]:
+    """Maps readable, models readable, each model inside its map, the job's own input rules.
+    Returns the job's size: map voxels (all maps together) and atoms (the largest model)."""
     from .io.maps import read_map
     from .io.models import atom_table, check_in_box, read_structure, widths_from_b
 
@@ -185,11 +186,12 @@ def check_inputs(args) -> None:
         if path not in models:
             st = read_structure(path)
             models[path] = (st, atom_table(st, path))
+    size = (sum(int(np.prod(m.grid.shape)) for m, _ in maps), max((len(a) for _, a in models.values()), default=0))
     if cmd == "score" and maps[0][1] is not None:
         check_contour(maps[0][0], maps[0][1], args.contour)
     if cmd == "composite":
         _check_composite(args, [m for m, _ in maps], models)
-        return
+        return size
     if maps:
         m = maps[0][0]
         for path, (st, atoms) in models.items():
@@ -210,6 +212,7 @@ def check_inputs(args) -> None:
         if not (Path(args.outdir) / checkpoint.NAME).exists():
             raise InputError(Path(args.outdir) / checkpoint.NAME,
                              "no checkpoint to resume from (run without --resume first)")
+    return size
 
 
 def _check_composite(args, maps, models) -> None:
@@ -240,10 +243,12 @@ def check_md(args) -> None:
     check_md_options(args.forcefield, implicit, args.platform)
 
 
-def precheck(args) -> None:
-    """All checks that need no cluster, cheapest first: options, output path, scheduler, inputs, MD."""
+def precheck(args) -> tuple[int, int]:
+    """All checks that need no cluster, cheapest first: options, output path, scheduler, inputs, MD.
+    Returns the job's size (map voxels, model atoms; see :func:`check_inputs`)."""
     check_options(args)
     check_output(args)
     check_scheduler(args)
-    check_inputs(args)
+    size = check_inputs(args)
     check_md(args)
+    return size

@@ -153,7 +153,7 @@ def case(name: str, *expect: str):
 
 # ---------------------------------------------------------------- options, each out of its range
 for _cmd, _opt, _val, _want in [
-    ("refine", "--workers", "-1", ">= 1"), ("refine", "--workers", "0", ">= 1"), ("bfactor", "--workers", "two", "integer"),
+    ("refine", "--workers", "-1", ">= 0"), ("bfactor", "--workers", "two", "integer"),
     ("bfactor", "--iterations", "-1", ">= 1"), ("bfactor", "--iterations", "0", ">= 1"),
     ("bfactor", "--residue-iterations", "-1", ">= 0"), ("bfactor", "--sigma-max", "0", "> 0"),
     ("bfactor", "--sigma-max", "-1", "> 0"), ("bfactor", "--sigma-max", "nan", "> 0"), ("bfactor", "--sigma-min", "-0.5", "> 0"),
