@@ -76,8 +76,8 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                                        "cluster; default: start an embedded local cluster")
     g.add_argument("--workers", type=_int(0), help="worker processes of an embedded local cluster; 0: run in this "
                                                    "process on threads (default: in this process for maps up to "
-                                                   "256^3 voxels and models up to 20,000 atoms, else one worker "
-                                                   "per core)")
+                                                   "300^3 voxels and models up to 150,000 atoms, 20,000 for "
+                                                   "refine/ensemble; else one worker per core)")
     g.add_argument("--chunks", type=_chunks, default=64, help="map chunk edge in voxels, or z,y,x (default 64)")
     g.add_argument("--tls-dir", help="folder with ca.pem, cert.pem, key.pem to join a tls:// scheduler "
                                      "(deploy/tls/make-certs.sh makes them)")
@@ -101,7 +101,8 @@ def _cluster_kw(args, size: tuple[int, int]) -> dict:
     """:func:`.cluster.dask_client` arguments; prints where the job runs (``size``: map voxels, atoms)."""
     from .cluster import JobQueueSettings, choose_workers
 
-    workers, line = choose_workers(args.workers, args.scheduler, args.cluster, *size)
+    workers, line = choose_workers(args.workers, args.scheduler, args.cluster, *size,
+                                   md=args.command in ("refine", "ensemble"))
     print(f"[{args.command}] {line}", file=sys.stderr, flush=True)
     jq = JobQueueSettings(jobs=args.jobs, queue=args.queue, account=args.account, walltime=args.walltime,
                           cores=args.job_cores, memory=args.job_memory, job_extra=args.job_extra,

@@ -30,13 +30,18 @@ from .errors import InputError
 #: still wins.
 _WORKER_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
-#: With no cluster named, jobs up to this many map voxels and model atoms run on threads in
-#: this process: worker processes cannot pay for their start-up (each imports numpy, dask and
-#: OpenMM and receives the map) and the scheduler's per-task cost there. On EMD-3488 (100^3
-#: voxels, 4.6k atoms; 2 cores) ``refine`` took 96 instead of 136-148 CPU s and 90 instead of
-#: 103-111 s wall, ``score`` ... (BENCHMARKS.md, "In this process or on a cluster").
-IN_PROCESS_VOXELS = 256**3
-IN_PROCESS_ATOMS = 20_000
+#: With no cluster named, jobs up to this many map voxels (all maps together) and model atoms
+#: run on threads in this process: on one machine the threaded scheduler uses every core, and
+#: worker processes only add their start-up (each imports numpy, dask and OpenMM and receives
+#: the map) and the scheduler's per-task cost. Measured on 2 cores (BENCHMARKS.md, "In this
+#: process or on a cluster"): ``score`` and ``bfactor`` cost 1.35-2.0x the CPU seconds and
+#: 1.25-2.3x the wall time on a 2-worker cluster, from EMD-3488 (100^3, 4.5k atoms) to a
+#: 300^3 tiling (120k atoms); ``refine`` on EMD-3488 96 vs 136-148 CPU s.
+IN_PROCESS_VOXELS = 300**3
+IN_PROCESS_ATOMS = 150_000
+#: Jobs with MD (refine, ensemble) in this process run one MD task at a time; from this many
+#: atoms up, groups of chains on parallel workers are worth their start-up.
+IN_PROCESS_MD_ATOMS = 20_000
 
 #: Cluster kinds ``--cluster`` accepts.
 KINDS = ("local", "slurm", "pbs")
@@ -161,14 +166,14 @@ def current_client():
         return None
 
 
-def choose_workers(workers: int | None, scheduler: str | None, cluster: str, voxels: int,
-                   atoms: int) -> tuple[int | None, str]:
+def choose_workers(workers: int | None, scheduler: str | None, cluster: str, voxels: int, atoms: int,
+                   md: bool = False) -> tuple[int | None, str]:
     """``workers`` for :func:`dask_client` and a line that says where the job runs.
 
     A named cluster (``scheduler``, a batch ``cluster``) or a worker count given by the user
     (0: this process) is kept; otherwise a job of at most :data:`IN_PROCESS_VOXELS` map voxels
-    (all maps together) and :data:`IN_PROCESS_ATOMS` atoms runs in this process (0), a larger
-    one on an embedded cluster (None: one worker per core)."""
+    and :data:`IN_PROCESS_ATOMS` atoms (:data:`IN_PROCESS_MD_ATOMS` for a job with MD, ``md``)
+    runs in this process (0), a larger one on an embedded cluster (None: one worker per core)."""
     if scheduler:
         return workers, f"joining the Dask cluster at {scheduler}"
     if cluster != "local":
@@ -178,10 +183,10 @@ def choose_workers(workers: int | None, scheduler: str | None, cluster: str, vox
         return 0, f"running in this process on threads (--workers 0; {size})"
     if workers is not None:
         return workers, f"starting a local cluster of {workers} worker process(es) ({size})"
-    if voxels <= IN_PROCESS_VOXELS and atoms <= IN_PROCESS_ATOMS:
-        return 0, (f"running in this process on threads ({size}: below the {IN_PROCESS_VOXELS / 1e6:.1f} M "
-                   f"voxels / {IN_PROCESS_ATOMS:,} atoms where worker processes pay; --workers N starts a "
-                   "local cluster)")
+    max_atoms = IN_PROCESS_MD_ATOMS if md else IN_PROCESS_ATOMS
+    if voxels <= IN_PROCESS_VOXELS and atoms <= max_atoms:
+        return 0, (f"running in this process on threads ({size}: up to {IN_PROCESS_VOXELS / 1e6:.0f} M voxels "
+                   f"and {max_atoms:,} atoms worker processes do not pay; --workers N starts a local cluster)")
     n = min(os.cpu_count() or 1, 8)
     return None, f"starting a local cluster of {n} worker process(es) ({size})"
 

@@ -122,11 +122,11 @@ def test_cli_cluster_options_reach_settings():
     args = build_parser().parse_args(["bfactor", "-m", "m.mrc", "-p", "x.pdb", "-r", "3", "-o", "o",
                                       "--cluster", "slurm", "--jobs", "3", "--queue", "q", "--job-cores", "8",
                                       "--job-memory", "30GiB", "--job-extra=--exclusive", "--no-tls"])
-    kw = _cluster_kw(args)
+    kw = _cluster_kw(args, (100**3, 4468))
     assert kw["cluster"] == "slurm" and kw["scheduler"] is None
     jq = kw["jobqueue"]
     assert (jq.jobs, jq.queue, jq.cores, jq.memory, jq.job_extra, jq.tls) == (3, "q", 8, "30GiB", ["--exclusive"], False)
-    assert _cluster_kw(build_parser().parse_args(["score", "-m", "m", "-p", "p", "-r", "3", "-o", "o"]))["cluster"] == "local"
+    assert _cluster_kw(build_parser().parse_args(["score", "-m", "m", "-p", "p", "-r", "3", "-o", "o"]), (100**3, 4468))["cluster"] == "local"
 
 
 @pytest.mark.slow
@@ -150,3 +150,29 @@ def test_make_certs_gives_a_working_tls_cluster(tmp_path):
             Client(addr.replace("tls://", "tcp://"), timeout=2)
     with pytest.raises(InputError, match="lacks"):
         tls_security(tmp_path)
+
+
+def test_small_jobs_run_in_this_process():
+    """No cluster named: small jobs run on threads here, large ones start a local cluster; a named
+    cluster or a worker count given by the user always wins."""
+    from reff_dask.cluster import IN_PROCESS_ATOMS, IN_PROCESS_MD_ATOMS, IN_PROCESS_VOXELS, choose_workers
+
+    assert choose_workers(None, None, "local", 100**3, 4468)[0] == 0  # EMD-3488
+    assert choose_workers(None, None, "local", 100**3, 4468, md=True)[0] == 0
+    assert choose_workers(None, None, "local", IN_PROCESS_VOXELS + 1, 4468)[0] is None
+    assert choose_workers(None, None, "local", 100**3, IN_PROCESS_ATOMS + 1)[0] is None
+    assert choose_workers(None, None, "local", 100**3, IN_PROCESS_MD_ATOMS + 1)[0] == 0  # scores: no MD
+    assert choose_workers(None, None, "local", 100**3, IN_PROCESS_MD_ATOMS + 1, md=True)[0] is None
+    assert choose_workers(2, None, "local", 100**3, 4468)[0] == 2
+    assert choose_workers(0, None, "local", 512**3, 10**6)[0] == 0
+    workers, line = choose_workers(None, "tcp://127.0.0.1:8786", "local", 100**3, 4468)
+    assert workers is None and "tcp://127.0.0.1:8786" in line
+    assert choose_workers(None, None, "slurm", 100**3, 4468)[0] is None
+
+
+def test_in_process_client_is_none_and_threaded():
+    import dask
+
+    with dask_client(workers=0) as client:
+        assert client is None
+        assert dask.config.get("scheduler") == "threads"

@@ -186,6 +186,15 @@ def test_cli_writes_tables_plots_and_report(tmp_path, map_path, model_path, shif
     js = json.loads((out / "scores.json").read_text())
     assert len(js["residues"]) == 578 and set(js["residues"][0]["scores"]) == {"5ni1", "shifted"}
     assert "5ni1" in r.stderr and "LoQFit" in r.stderr
+    assert "starting a local cluster of 1 worker" in r.stderr  # the choice is printed
+    # no cluster named, a small map: the same job on threads in this process, the same tables
+    inproc = tmp_path / "inproc"
+    r = _cli("score", "-m", map_path, "-p", model_path, "-p", tmp_path / "shifted.pdb", "-r", RES, "-o", inproc,
+             "--chunks", 50, "--contour", 0.1)
+    assert r.returncode == 0, r.stderr
+    assert "running in this process on threads" in r.stderr
+    for name in ("scores.csv", "chain_means.csv"):
+        assert (inproc / name).read_bytes() == (out / name).read_bytes(), name
     # a model that misses the map: exit code 2 and a message naming the file
     write_structure(updated_structure(shifted, xyz=real_atoms.xyz + 300.0), tmp_path / "away")
     r = _cli("score", "-m", map_path, "-p", tmp_path / "away.pdb", "-r", RES, "-o", tmp_path / "bad",
