@@ -95,6 +95,26 @@ def test_five_prime_phosphates_follow_their_residue(shared_case):
     np.testing.assert_allclose(moved, prep.input_start_A @ rot.T + [3.0, -2.0, 1.0], atol=1e-9)
     geo = validate_geometry(updated_structure(st, xyz=moved), clashes=False).overall
     assert geo["bond_outliers"] == 0
+    # the residue flexes (O5' moves 0.4 A against C5', C4'): the phosphate turns about O5', so
+    # P-O5' and the O-P-O5' angles stay as they were
+    flexed = prep.positions_A.copy()
+    for riders, anchors in prep.riders:
+        assert len(anchors) >= 3
+        flexed[prep.atom_map[anchors[0]]] += [0.25, -0.2, 0.25]
+    moved = prep.input_positions_A(flexed, prep.input_start_A)
+    for riders, anchors in prep.riders:
+        pivot, p0, p1 = anchors[0], prep.input_start_A, moved
+        for r in riders:
+            assert np.linalg.norm(p1[r] - p1[pivot]) == pytest.approx(np.linalg.norm(p0[r] - p0[pivot]), abs=1e-9)
+            for q in riders:
+                if q != r:
+                    a0 = _angle(p0[q], p0[r], p0[pivot])
+                    assert _angle(p1[q], p1[r], p1[pivot]) == pytest.approx(a0, abs=1e-6)
+
+
+def _angle(a, b, c) -> float:
+    u, v = a - b, c - b
+    return math.degrees(math.acos(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v)))
 
 
 def _clashing_piece(real_structure):

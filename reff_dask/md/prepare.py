@@ -102,7 +102,8 @@ class PreparedModel:
     riders : (rider atoms, anchor atoms) input indices per simulated residue that has input
         atoms without an MD particle (a 5' phosphate, alternate conformations after the
         first, atoms the template lacks): riders follow the anchors (the residue's nearest
-        simulated atoms) rigidly, so no bond to them is stretched.
+        simulated atoms, nearest first) rigidly about the nearest, so no bond or angle to it
+        is strained.
     rider_atoms, rider_particles : heavy riders (input indices) and their wall-only stand-in
         particles, which :meth:`place_riders` keeps where the riders are.
     input_start_A : (n_input_atoms, 3) input positions, A (the riders' reference).
@@ -178,8 +179,13 @@ class PreparedModel:
 
 
 def _superpose(a0: np.ndarray, a1: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Apply to ``x`` the rigid motion that best maps points ``a0`` onto ``a1`` (Kabsch)."""
-    c0, c1 = a0.mean(0), a1.mean(0)
+    """Apply to ``x`` the rigid motion that maps ``a0[0]`` onto ``a1[0]`` exactly and turns the
+    other points of ``a0`` best onto ``a1`` about it (Kabsch about a pivot). With the pivot the
+    anchor nearest the riders (the atom they are bonded to), the bond to it and every angle
+    among the riders and the pivot stay as in the input (a 5' phosphate: P-O5' and the
+    O-P-O5' angles; a fit about the anchors' centroid moved P off O5' by the anchors' own
+    flexing: OP1-P-O5' 117 deg, ideal 106, on EMD-11007)."""
+    c0, c1 = a0[0], a1[0]
     u, _s, vt = np.linalg.svd((a0 - c0).T @ (a1 - c1))
     d = np.sign(np.linalg.det(u @ vt))
     rot = u @ np.diag([1.0, 1.0, d]) @ vt
