@@ -468,6 +468,38 @@ def test_contact_wall_pairs_act_as_the_nonbonded_wall(prepared_full, chain):
         np.testing.assert_allclose(pairs, every, rtol=0, atol=1e-6)
 
 
+def test_hydrogens_of_a_model_that_has_them_are_in_the_wall(shared_case):
+    """A model with hydrogens (EMD-2566's 3J6B chain 9) has them written out and counted in its
+    clashes, so they are in the contact wall, with the polar-H allowance: pairs and nonbonded
+    wall agree; a hydrogen pushed 1.7 A from another (a MolProbity clash AMBER allows between
+    amide H) is pushed back."""
+    from reff_dask.io.models import read_structure
+
+    st = read_structure(shared_case("emd_2566") / "3j6b_chain9_withH.pdb")
+    pm = prepare_model(st, "amber14", None)
+    n_h = int(pm.input_hydrogen.sum())
+    assert n_h > 1000
+    sim = ChainSimulation(pm, None, preset="fast", threads=1)
+    assert sim._wall.heavy.sum() > int((~pm.input_hydrogen).sum()) + n_h * 0.9  # ~every atom, H included
+    assert sim._wall.donh.sum() > 200  # amide and hydroxyl H
+    pairs, every = _wall_forces(sim, sim._pos_nm)
+    np.testing.assert_allclose(pairs, every, rtol=0, atol=1e-6)
+    h = np.flatnonzero(sim._wall.heavy & (sim._wall.radius_nm < 0.12) & ~sim._wall.donh)
+    i, j = h[0], h[-1]
+    pos = sim._pos_nm.copy()
+    pos[j] = pos[i] + [0.17, 0.0, 0.0]
+    sim2 = ChainSimulation(pm, None, positions_A=_sub_to_full(sim, pos) * 10.0, preset="fast", threads=1)
+    f = sim2.context.getState(getForces=True, groups={sim2._wall.group}).getForces(asNumpy=True)._value
+    assert np.dot(f[j], pos[j] - pos[i]) > 1000.0  # kJ/mol/nm, pushing j away from i
+
+
+def _sub_to_full(sim: ChainSimulation, pos_nm: np.ndarray) -> np.ndarray:
+    full = sim.prepared.positions_A / 10.0
+    full = full.copy()
+    full[sim.subset] = pos_nm
+    return full
+
+
 def test_md_groups_cover_chains_balanced_and_in_contact(prepared_full):
     """MD tasks as groups of chains: every chain in exactly one group, sizes balanced, a group's
     chains next to each other (haemoglobin: each group one alpha-beta pair in contact)."""

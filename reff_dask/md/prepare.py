@@ -394,7 +394,7 @@ def prepare_model(
     library_geometry : make the system agree with what validation measures: the equilibrium
         lengths and angles of heavy-atom bond and angle terms from the CCP4 monomer library,
         its planes and peptide omegas as restraints (:mod:`reff_dask.md.ideal`), and a wall
-        0.2 A before a MolProbity clash between heavy atoms (:func:`.shield.add_contact_wall`);
+        0.2 A before a MolProbity clash between heavy atoms (and hydrogens, when the model has them) (:func:`.shield.add_contact_wall`);
         ``monlib`` names a fuller library than the bundled one; ``resolution_A`` (the map's)
         stiffens the omega restraints beyond 3.5 A (:func:`.ideal.omega_stiffness`).
     """
@@ -537,7 +537,8 @@ def prepare_model(
     else:
         rider_atoms = np.zeros(0, dtype=np.int64)
     if library_geometry:
-        n_library["contact_wall_atoms"] = add_contact_wall(system, top)
+        # the model's hydrogens are written out (and counted in its clashes) only if it has any
+        n_library["contact_wall_atoms"] = add_contact_wall(system, top, hydrogens=bool(in_h.any()))
     particle_chain = particle_chain.astype(str)
     simulated_chains = [n for n in dict.fromkeys(chain_names) if np.any(particle_chain == n)]
 

@@ -22,7 +22,7 @@ import numpy as np
 import openmm
 from openmm import app
 
-from .clashes import HBOND_ALLOWANCE_A, probe_radius
+from .clashes import HBOND_ALLOWANCE_A, HBOND_H_ALLOWANCE_A, probe_radius
 
 __all__ = ["K_WALL", "WALL_MARGIN_A", "add_shields", "add_contact_wall", "WallTable", "wall_table",
            "pair_wall_force"]
@@ -32,10 +32,12 @@ __all__ = ["K_WALL", "WALL_MARGIN_A", "add_shields", "add_contact_wall", "WallTa
 #: (300 exp(-1/2) / 0.03 nm); as stiff as a C-H bond, so 2 fs steps stay stable
 K_WALL = 2.0e5
 WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=rad1+rad2-0.02-hb*polar1*polar2"
-#: the contact wall acts between two simulated heavy atoms, and between a stand-in and any
-#: simulated particle (the stand-ins' own wall folded in: one force, one neighbour list)
-CONTACT_WALL = ("k_wall*step(d0-r)*(d0-r)^2; d0=(rad1+rad2-0.02-hb*polar1*polar2)*act; "
-                "act=heavy1*heavy2+shield1+shield2-2*shield1*shield2")
+#: the contact wall acts between two simulated atoms of the wall (heavy atoms, and hydrogens of
+#: a model that has them), and between a stand-in and any simulated particle (the stand-ins'
+#: own wall folded in: one force, one neighbour list); N/O pairs get the H-bond allowance ``hb``,
+#: a polar hydrogen (``donh``) and an N/O ``hbh``, as in the clash counter
+CONTACT_WALL = ("k_wall*step(d0-r)*(d0-r)^2; d0=(rad1+rad2-0.02-hb*polar1*polar2-hbh*(donh1*polar2+donh2*polar1))"
+                "*act; act=heavy1*heavy2+shield1+shield2-2*shield1*shield2")
 PAIR_WALL = "k_wall*step(d0-r)*(d0-r)^2"
 #: reach (A) beyond a pair's wall distance d0 at which :func:`pair_wall_force` lists the pair:
 #: the list holds every contact while no particle has moved more than half of it
@@ -151,13 +153,16 @@ def add_shields(system: openmm.System, topology: app.Topology, positions_A: np.n
     return pos
 
 
-def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
+def add_contact_wall(system: openmm.System, topology: app.Topology, hydrogens: bool = False) -> int:
     """A wall between simulated heavy atoms more than three bonds apart: the same soft wall as
-    the stand-ins', 0.2 A before a MolProbity clash (Probe radii, H-bond allowance for two
-    N/O atoms). AMBER's Lennard-Jones lets a GMM well press e.g. a residue's own N onto a
-    side-chain carbon four bonds away (2.8 A); refinement programs hold such contacts with a
-    repulsion term of the same kind. Returns the number of heavy atoms in the wall."""
-    heavy, rad, polar, shield = [], [], [], []
+    the stand-ins', 0.2 A before a MolProbity clash (Probe radii, H-bond allowances for two
+    N/O atoms and for a polar H and an N/O). AMBER's Lennard-Jones lets a GMM well press e.g.
+    a residue's own N onto a side-chain carbon four bonds away (2.8 A); refinement programs
+    hold such contacts with a repulsion term of the same kind. ``hydrogens``: the simulated
+    hydrogens are in the wall too (for a model whose hydrogens are written out and counted in
+    its clashes: AMBER lets an amide H come to 1.7 A of another H, a MolProbity clash).
+    Returns the number of atoms in the wall."""
+    heavy, rad, polar, shield, donh = [], [], [], [], []
     bonded: dict[int, set] = {a.index: set() for a in topology.atoms()}
     for a, b in topology.bonds():
         bonded[a.index].add(b)
@@ -167,8 +172,9 @@ def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
         ph = e == "H" and any(b.element is not None and b.element.symbol in ("N", "O") for b in bonded[a.index])
         rad.append(probe_radius(e, a.name, a.residue.name, ph))
         polar.append(e in ("N", "O"))
+        donh.append(ph)
         shield.append(a.residue.chain.id == "shield")
-        if e != "H" and not shield[-1] and system.getParticleMass(a.index)._value > 0:
+        if (e != "H" or hydrogens) and not shield[-1] and system.getParticleMass(a.index)._value > 0:
             heavy.append(a.index)
     n = system.getNumParticles()
     if len(rad) != n or not heavy:
@@ -178,14 +184,16 @@ def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
     wall = openmm.CustomNonbondedForce(CONTACT_WALL)
     wall.addGlobalParameter("k_wall", K_WALL)
     wall.addGlobalParameter("hb", HBOND_ALLOWANCE_A / 10.0)
+    wall.addGlobalParameter("hbh", HBOND_H_ALLOWANCE_A / 10.0)
     wall.addPerParticleParameter("rad")
     wall.addPerParticleParameter("polar")
     wall.addPerParticleParameter("heavy")
     wall.addPerParticleParameter("shield")
+    wall.addPerParticleParameter("donh")
     is_heavy = np.zeros(n, dtype=bool)
     is_heavy[heavy] = True
-    for r, p, h, sh in zip(rad, polar, is_heavy, shield):
-        wall.addParticle([r / 10.0, float(p), float(h), float(sh)])
+    for r, p, h, sh, dh in zip(rad, polar, is_heavy, shield, donh):
+        wall.addParticle([r / 10.0, float(p), float(h), float(sh), float(dh)])
     wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
     wall.setCutoffDistance(2 * max(rad) / 10.0)
     # pairs within three bonds are the force field's exceptions (1-2, 1-3 excluded, 1-4 scaled):
@@ -206,16 +214,19 @@ def add_contact_wall(system: openmm.System, topology: app.Topology) -> int:
 class WallTable:
     """The contact wall of a (sub-)system as arrays, to list its pairs at given positions.
 
-    radius_nm, polar, heavy, shield: per particle (the wall's per-particle parameters);
-    excluded: sorted keys ``i * n + j`` (i < j) of pairs without a wall; hb_nm: H-bond allowance;
-    k_wall: stiffness, kJ/mol/nm^2; group: the force group."""
+    radius_nm, polar, heavy, shield, donh: per particle (the wall's per-particle parameters;
+    ``heavy``: in the wall among simulated atoms, hydrogens included where the model has them);
+    excluded: sorted keys ``i * n + j`` (i < j) of pairs without a wall; hb_nm, hbh_nm: H-bond
+    allowances (N/O pairs, polar H with N/O); k_wall: stiffness, kJ/mol/nm^2; group: the force group."""
 
     radius_nm: np.ndarray
     polar: np.ndarray
     heavy: np.ndarray
     shield: np.ndarray
+    donh: np.ndarray
     excluded: np.ndarray
     hb_nm: float
+    hbh_nm: float
     k_wall: float
     group: int
 
@@ -223,20 +234,20 @@ class WallTable:
 def wall_table(force: openmm.CustomNonbondedForce) -> WallTable:
     """The :func:`add_contact_wall` force of a system as a :class:`WallTable`."""
     n = force.getNumParticles()
-    par = np.array([force.getParticleParameters(i) for i in range(n)], dtype=float).reshape(n, 4)
+    par = np.array([force.getParticleParameters(i) for i in range(n)], dtype=float).reshape(n, 5)
     ex = np.array([force.getExclusionParticles(k) for k in range(force.getNumExclusions())],
                   dtype=np.int64).reshape(-1, 2)
     keys = np.unique(ex.min(axis=1) * n + ex.max(axis=1))
     glob = {force.getGlobalParameterName(k): force.getGlobalParameterDefaultValue(k)
             for k in range(force.getNumGlobalParameters())}
-    return WallTable(par[:, 0], par[:, 1] > 0, par[:, 2] > 0, par[:, 3] > 0, keys,
-                     float(glob["hb"]), float(glob["k_wall"]), force.getForceGroup())
+    return WallTable(par[:, 0], par[:, 1] > 0, par[:, 2] > 0, par[:, 3] > 0, par[:, 4] > 0, keys,
+                     float(glob["hb"]), float(glob["hbh"]), float(glob["k_wall"]), force.getForceGroup())
 
 
 def wall_pairs(table: WallTable, positions_nm: np.ndarray, movable: np.ndarray,
                margin_nm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, d0_nm) of the wall's pairs closer than d0 + ``margin_nm`` at ``positions_nm``:
-    two heavy atoms, or a stand-in and any non-stand-in particle; not excluded, at least one
+    two atoms of the wall, or a stand-in and any non-stand-in particle; not excluded, at least one
     ``movable``. The same pairs and distances as the :data:`CONTACT_WALL` nonbonded force."""
     from scipy.spatial import cKDTree
 
@@ -258,7 +269,9 @@ def wall_pairs(table: WallTable, positions_nm: np.ndarray, movable: np.ndarray,
     mov = np.asarray(movable, dtype=bool)
     keep = (mov[i] | mov[j]) & ~np.isin(i * n + j, table.excluded, assume_unique=False)
     i, j = i[keep], j[keep]
-    d0 = table.radius_nm[i] + table.radius_nm[j] - 0.02 - table.hb_nm * (table.polar[i] & table.polar[j])
+    pol, dh = table.polar, table.donh
+    d0 = (table.radius_nm[i] + table.radius_nm[j] - 0.02 - table.hb_nm * (pol[i] & pol[j])
+          - table.hbh_nm * ((dh[i] & pol[j]) | (dh[j] & pol[i])))
     close = np.linalg.norm(pos[i] - pos[j], axis=1) < d0 + margin_nm
     order = np.lexsort((j[close], i[close]))
     return i[close][order], j[close][order], d0[close][order]
