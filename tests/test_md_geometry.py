@@ -203,3 +203,32 @@ def test_five_prime_phosphates_are_walls_that_move_with_them(shared_case):
         new = sim.minimise(max_iterations=2000)
         dist[shield] = float(np.linalg.norm(new[list(sim.input_atoms).index(o3)] - xyz[p5]))
     assert dist[True] > 2.7 and dist[False] < 1.5, dist
+
+
+def test_segment_that_flings_a_particle_away_is_a_blow_up():
+    """A segment can end with finite but absurd coordinates (EMD-2566 once moved atoms 1e12 A in
+    one segment and gave NaN only a segment later): a particle that moved more than
+    MAX_SEGMENT_MOVE_A counts as a blow-up, a normal segment does not."""
+    from reff_dask.md.simulate import MAX_SEGMENT_MOVE_A, _run_healthy
+
+    class Flung:
+        def __init__(self, jump):
+            self.particle_positions_A, self.jump = np.zeros((5, 3)), jump
+
+        def set_positions(self, p):
+            self.particle_positions_A = np.array(p, dtype=float)
+
+        def set_targets(self, t, w):
+            pass
+
+        def run(self, steps=None, seed=None):
+            self.particle_positions_A = self.particle_positions_A.copy()
+            self.particle_positions_A[2, 0] += self.jump
+
+        def energy(self):
+            return -1.0
+
+    start = np.ones((5, 3))
+    assert _run_healthy(Flung(1.5), start, start, 1.0, 100, 1)
+    assert not _run_healthy(Flung(MAX_SEGMENT_MOVE_A * 1.01), start, start, 1.0, 100, 1)
+    assert not _run_healthy(Flung(2e12), start, start, 1.0, 100, 1)

@@ -24,7 +24,7 @@ from openmm import app
 
 from .clashes import HBOND_ALLOWANCE_A, HBOND_H_ALLOWANCE_A, probe_radius
 
-__all__ = ["K_WALL", "WALL_MARGIN_A", "add_shields", "add_contact_wall", "WallTable", "wall_table",
+__all__ = ["K_WALL", "H_WALL_SCALE", "WALL_MARGIN_A", "add_shields", "add_contact_wall", "WallTable", "wall_table",
            "pair_wall_force"]
 
 #: wall stiffness, kJ/mol/nm^2: 0.2 A inside the wall (where a clash would begin) it pushes
@@ -36,9 +36,14 @@ WALL = "k_wall*step(d0-r)*(d0-r)^2; d0=rad1+rad2-0.02-hb*polar1*polar2"
 #: a model that has them), and between a stand-in and any simulated particle (the stand-ins'
 #: own wall folded in: one force, one neighbour list); N/O pairs get the H-bond allowance ``hb``,
 #: a polar hydrogen (``donh``) and an N/O ``hbh``, as in the clash counter
-CONTACT_WALL = ("k_wall*step(d0-r)*(d0-r)^2; d0=(rad1+rad2-0.02-hb*polar1*polar2-hbh*(donh1*polar2+donh2*polar1))"
+CONTACT_WALL = ("k_wall*min(soft1,soft2)*step(d0-r)*(d0-r)^2; "
+                "d0=(rad1+rad2-0.02-hb*polar1*polar2-hbh*(donh1*polar2+donh2*polar1))"
                 "*act; act=heavy1*heavy2+shield1+shield2-2*shield1*shield2")
-PAIR_WALL = "k_wall*step(d0-r)*(d0-r)^2"
+PAIR_WALL = "k_wall*kw*step(d0-r)*(d0-r)^2"
+#: a pair with a hydrogen meets a wall this much softer (``soft``): several full-strength walls
+#: on one 1-amu hydrogen at once (a side-chain H among its neighbours' H) exceed what 2 fs steps
+#: integrate (omega dt > 2: EMD-2566's model with hydrogens blew up in its first segment)
+H_WALL_SCALE = 0.1
 #: reach (A) beyond a pair's wall distance d0 at which :func:`pair_wall_force` lists the pair:
 #: the list holds every contact while no particle has moved more than half of it
 WALL_MARGIN_A = 2.0
@@ -162,7 +167,7 @@ def add_contact_wall(system: openmm.System, topology: app.Topology, hydrogens: b
     hydrogens are in the wall too (for a model whose hydrogens are written out and counted in
     its clashes: AMBER lets an amide H come to 1.7 A of another H, a MolProbity clash).
     Returns the number of atoms in the wall."""
-    heavy, rad, polar, shield, donh = [], [], [], [], []
+    heavy, rad, polar, shield, donh, soft = [], [], [], [], [], []
     bonded: dict[int, set] = {a.index: set() for a in topology.atoms()}
     for a, b in topology.bonds():
         bonded[a.index].add(b)
@@ -173,6 +178,7 @@ def add_contact_wall(system: openmm.System, topology: app.Topology, hydrogens: b
         rad.append(probe_radius(e, a.name, a.residue.name, ph))
         polar.append(e in ("N", "O"))
         donh.append(ph)
+        soft.append(H_WALL_SCALE if e == "H" else 1.0)
         shield.append(a.residue.chain.id == "shield")
         if (e != "H" or hydrogens) and not shield[-1] and system.getParticleMass(a.index)._value > 0:
             heavy.append(a.index)
@@ -190,10 +196,11 @@ def add_contact_wall(system: openmm.System, topology: app.Topology, hydrogens: b
     wall.addPerParticleParameter("heavy")
     wall.addPerParticleParameter("shield")
     wall.addPerParticleParameter("donh")
+    wall.addPerParticleParameter("soft")
     is_heavy = np.zeros(n, dtype=bool)
     is_heavy[heavy] = True
-    for r, p, h, sh, dh in zip(rad, polar, is_heavy, shield, donh):
-        wall.addParticle([r / 10.0, float(p), float(h), float(sh), float(dh)])
+    for r, p, h, sh, dh, sf in zip(rad, polar, is_heavy, shield, donh, soft):
+        wall.addParticle([r / 10.0, float(p), float(h), float(sh), float(dh), sf])
     wall.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
     wall.setCutoffDistance(2 * max(rad) / 10.0)
     # pairs within three bonds are the force field's exceptions (1-2, 1-3 excluded, 1-4 scaled):
@@ -214,8 +221,9 @@ def add_contact_wall(system: openmm.System, topology: app.Topology, hydrogens: b
 class WallTable:
     """The contact wall of a (sub-)system as arrays, to list its pairs at given positions.
 
-    radius_nm, polar, heavy, shield, donh: per particle (the wall's per-particle parameters;
-    ``heavy``: in the wall among simulated atoms, hydrogens included where the model has them);
+    radius_nm, polar, heavy, shield, donh, soft: per particle (the wall's per-particle parameters;
+    ``heavy``: in the wall among simulated atoms, hydrogens included where the model has them;
+    ``soft``: stiffness factor, a pair takes the smaller);
     excluded: sorted keys ``i * n + j`` (i < j) of pairs without a wall; hb_nm, hbh_nm: H-bond
     allowances (N/O pairs, polar H with N/O); k_wall: stiffness, kJ/mol/nm^2; group: the force group."""
 
@@ -224,6 +232,7 @@ class WallTable:
     heavy: np.ndarray
     shield: np.ndarray
     donh: np.ndarray
+    soft: np.ndarray
     excluded: np.ndarray
     hb_nm: float
     hbh_nm: float
@@ -234,13 +243,13 @@ class WallTable:
 def wall_table(force: openmm.CustomNonbondedForce) -> WallTable:
     """The :func:`add_contact_wall` force of a system as a :class:`WallTable`."""
     n = force.getNumParticles()
-    par = np.array([force.getParticleParameters(i) for i in range(n)], dtype=float).reshape(n, 5)
+    par = np.array([force.getParticleParameters(i) for i in range(n)], dtype=float).reshape(n, 6)
     ex = np.array([force.getExclusionParticles(k) for k in range(force.getNumExclusions())],
                   dtype=np.int64).reshape(-1, 2)
     keys = np.unique(ex.min(axis=1) * n + ex.max(axis=1))
     glob = {force.getGlobalParameterName(k): force.getGlobalParameterDefaultValue(k)
             for k in range(force.getNumGlobalParameters())}
-    return WallTable(par[:, 0], par[:, 1] > 0, par[:, 2] > 0, par[:, 3] > 0, par[:, 4] > 0, keys,
+    return WallTable(par[:, 0], par[:, 1] > 0, par[:, 2] > 0, par[:, 3] > 0, par[:, 4] > 0, par[:, 5], keys,
                      float(glob["hb"]), float(glob["hbh"]), float(glob["k_wall"]), force.getForceGroup())
 
 
@@ -285,11 +294,13 @@ def pair_wall_force(table: WallTable, positions_nm: np.ndarray, movable: np.ndar
     cutoff, so a 0.36 nm wall as a CustomNonbondedForce walks every pair within the force
     field's 1 nm cutoff: 12.5 ms of a 37 ms force evaluation for haemoglobin, 0.7 ms as pairs."""
     i, j, d0 = wall_pairs(table, positions_nm, movable, margin_nm)
+    kw = np.minimum(table.soft[i], table.soft[j])
     f = openmm.CustomBondForce(PAIR_WALL)
     f.addGlobalParameter("k_wall", table.k_wall)
     f.addPerBondParameter("d0")
-    for a, b, d in zip(i.tolist(), j.tolist(), d0.tolist()):
-        f.addBond(a, b, [d])
+    f.addPerBondParameter("kw")
+    for a, b, d, k in zip(i.tolist(), j.tolist(), d0.tolist(), kw.tolist()):
+        f.addBond(a, b, [d, k])
     f.setForceGroup(table.group)
     f.setName("ContactWallPairs")
     return f

@@ -516,14 +516,24 @@ def run_chain_segment(
     )
 
 
+#: A particle that moves further than this (A) in one segment (0.2 ps, or a minimisation) has
+#: blown up, though its coordinates may still be finite (seen: 1e12 A, then NaN a segment later).
+MAX_SEGMENT_MOVE_A = 20.0
+
+
 def _run_healthy(sim: ChainSimulation, positions_A, targets_A, widths_A, steps: int | None, seed: int) -> bool:
-    """Run one segment (positions/targets set first when given); False if OpenMM fails or the
-    positions or the energy come out non-finite."""
+    """Run one segment (positions/targets set first when given); False if OpenMM fails, the
+    positions or the energy come out non-finite, or a particle moved more than
+    :data:`MAX_SEGMENT_MOVE_A`."""
     try:
         if positions_A is not None:
             sim.set_positions(positions_A)
             sim.set_targets(targets_A, widths_A)
+        before = sim.particle_positions_A
         sim.run(steps=steps, seed=seed)
-        return bool(np.isfinite(sim.particle_positions_A).all() and np.isfinite(sim.energy()))
+        after = sim.particle_positions_A
+        if not (np.isfinite(after).all() and np.isfinite(sim.energy())):
+            return False
+        return bool(np.max(np.sum((after - before) ** 2, axis=1), initial=0.0) <= MAX_SEGMENT_MOVE_A**2)
     except openmm.OpenMMException:
         return False
