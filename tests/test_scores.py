@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -187,6 +188,7 @@ def test_cli_writes_tables_plots_and_report(tmp_path, map_path, model_path, shif
     assert len(js["residues"]) == 578 and set(js["residues"][0]["scores"]) == {"5ni1", "shifted"}
     assert "5ni1" in r.stderr and "LoQFit" in r.stderr
     assert "starting a local cluster of 1 worker" in r.stderr  # the choice is printed
+    _check_view(out, map_path, {"5ni1": model_path, "shifted": tmp_path / "shifted.pdb"}, rows)
     # no cluster named, a small map: the same job on threads in this process, the same tables
     inproc = tmp_path / "inproc"
     r = _cli("score", "-m", map_path, "-p", model_path, "-p", tmp_path / "shifted.pdb", "-r", RES, "-o", inproc,
@@ -201,3 +203,37 @@ def test_cli_writes_tables_plots_and_report(tmp_path, map_path, model_path, shif
              "--workers", 1)
     assert r.returncode == 2
     assert "away.pdb" in r.stderr and "outside" in r.stderr
+
+
+def _check_view(out, map_path, models: dict, rows: list[dict]) -> None:
+    """view.cxc as ChimeraX would run it: the map at a level inside its range that encloses about
+    the model's volume, each model opened in order, residues coloured from defattr files whose
+    residues exist, and labels on the ten lowest-SMOCf residues of the last model."""
+    from reff_dask.io.maps import read_map
+
+    lines = [ln for ln in (out / "view.cxc").read_text().splitlines() if ln and not ln.startswith("#")]
+    opens = [ln.split(" ", 1)[1] for ln in lines if ln.startswith("open ")]
+    assert opens[0] == str(Path(map_path).resolve())
+    assert opens[1:1 + len(models)] == [str(Path(p).resolve()) for p in models.values()]
+    (vol,) = [ln for ln in lines if ln.startswith("volume #1 level ")]
+    level = float(vol.split()[3])
+    x = read_map(map_path).data.compute()
+    assert x.min() < level < x.max()
+    assert 0.02 < (x > level).mean() < 0.2  # the molecule's share of the box, not noise or nothing
+    for k, label in enumerate(models):
+        attr = f"smocf_{label}"
+        assert f"open {(out / (attr + '.defattr')).resolve()}" in lines
+        assert any(ln.startswith(f"color byattribute {attr} #{k + 2} ") for ln in lines)
+        assign = [ln.split("\t")[1:] for ln in (out / f"{attr}.defattr").read_text().splitlines()
+                  if ln.startswith("\t")]
+        scored = {(r["chain"], r["resnum"]): float(r[f"smocf_{label}"]) for r in rows if r[f"smocf_{label}"]}
+        got = {(spec.split("/")[1].split(":")[0], spec.split(":")[1]): float(v) for spec, v in assign}
+        assert all(spec.startswith(f"#{k + 2}/") for spec, _ in assign)
+        assert got.keys() == scored.keys()
+        assert all(abs(got[key] - scored[key]) < 1e-3 for key in got)
+    last = list(models)[-1]
+    labels = [ln for ln in lines if ln.startswith("label ")]
+    assert len(labels) == 10
+    worst = sorted((float(r[f"smocf_{last}"]), r["chain"], r["resnum"]) for r in rows if r[f"smocf_{last}"])[:10]
+    labelled = {(ln.split()[1].split("/")[1].split(":")[0], ln.split()[1].split(":")[1]) for ln in labels}
+    assert labelled == {(c, n) for _, c, n in worst}

@@ -17,6 +17,7 @@ from ..io.maps import write_mrc
 from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..plots import bfactor_plot
 from .inputs import atoms_at_cap, b_cap_warning, load_inputs
+from .view import enclosing_level, write_view
 from .common import grid_dict, write_json
 
 
@@ -53,6 +54,8 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
                    K.amplitudes(atoms.weight, sigma, m.grid.voxel_size, result.state.scale), result.state.noise)
     write_mrc(out / "simulated.mrc", sim, m.grid)
     bfactor_plot(result.history, b, out / "bfactor.png")
+    view = write_view(out, map_path, enclosing_level(m, int(np.sum(~atoms.hydrogen))),
+                      {"input": model_path, "bfactor": models[0]}, job="reff-dask bfactor")
     report = {
         "command": "bfactor",
         "map": str(map_path), "model": str(model_path), "resolution": resolution,
@@ -68,7 +71,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
                                      np.percentile(b, [5, 25, 50, 75, 95]).round(2).tolist())),
         "settings": settings.__dict__,
         "iterations": result.history,
-        "outputs": [p.name for p in models] + ["simulated.mrc", "bfactor.png", "report.json"],
+        "outputs": [p.name for p in models] + ["simulated.mrc", "bfactor.png", "report.json"] + view,
         "wall_seconds": time.perf_counter() - t0,
     }
     write_json(out / "report.json", report)

@@ -22,6 +22,7 @@ from ..validation import geometry_changes, validate_geometry
 from .inputs import b_cap_warning, check_md_options, load_inputs
 from .score import write_outputs
 from .common import progress, write_json
+from .view import enclosing_level, write_view
 
 
 _say = progress("refine")
@@ -131,6 +132,8 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     t0 = time.perf_counter()
     table = score_models(m, {"start": st, "refined": refined}, resolution)
     score_files = write_outputs(table, out)
+    score_files += write_view(out, map_path, enclosing_level(m, int(np.sum(~atoms.hydrogen))),
+                              {"start": model_path, "refined": models[0]}, table, job="reff-dask refine")
     scores = table.summary()
     t_scores = time.perf_counter() - t0
     for c, v in scores["chain_means"].items():

@@ -18,6 +18,7 @@ from ..scores import ScoreSettings, ScoreTable, score_models
 from .inputs import load_inputs
 from .score_plots import chain_plot
 from .common import grid_dict, progress, write_json
+from .view import enclosing_level, write_view
 
 
 def _csv(rows: list[dict]) -> str:
@@ -85,6 +86,9 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
           f"{len(structures)} model(s): {', '.join(labels)}", file=sys.stderr, flush=True)
     table = score_models(m, structures, resolution, settings)
     files = write_outputs(table, outdir)
+    heavy = int(np.sum(~inp.atoms.hydrogen))
+    files += write_view(outdir, map_path, enclosing_level(m, heavy), dict(zip(labels, model_paths)), table,
+                        job="reff-dask score")
     summary = table.summary()
     for label in labels:
         mm = summary["model_means"][label]
