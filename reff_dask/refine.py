@@ -23,6 +23,7 @@ from .gmm.fit import GMMState, default_sigma_min, em_iteration, model_ccc
 from .gmm.mstep import uniform_sigma
 from .io.maps import Map
 from .md.force import default_k_gmm
+from .md.placement import group_chains
 from .md.prepare import PreparedModel
 from .md.simulate import run_chain_segment
 
@@ -106,9 +107,9 @@ MD_RETRIES = 3
 
 def md_groups(prepared: PreparedModel, n: int) -> list[str | tuple[str, ...]]:
     """The simulated chains in ``n`` groups (at most one per chain) of about equal particle
-    count, each a run of neighbouring chains: chains are ordered along the longest axis of
-    their centres (principal component) and the order is cut into ``n`` runs. A group of one
-    chain is its name, a larger group a tuple of names."""
+    count (:func:`.md.placement.group_chains`: runs of neighbouring chains along the longest
+    axis of their centres, or longest chain first onto the lightest group where chains differ
+    much in size). A group of one chain is its name, a larger group a tuple of names."""
     chains = list(prepared.chains)
     n = max(1, min(int(n), len(chains)))
     if n == len(chains):
@@ -116,13 +117,7 @@ def md_groups(prepared: PreparedModel, n: int) -> list[str | tuple[str, ...]]:
     pos = prepared.positions_A
     centres = np.array([pos[prepared.chain_particles(c)].mean(axis=0) for c in chains])
     size = np.array([len(prepared.chain_particles(c)) for c in chains], dtype=float)
-    centred = centres - centres.mean(axis=0)
-    axis = np.linalg.svd(centred, full_matrices=False)[2][0] if len(chains) > 1 else np.zeros(3)
-    order = np.argsort(centred @ axis, kind="stable")
-    mid = np.cumsum(size[order]) - size[order] / 2
-    label = np.minimum((mid / size.sum() * n).astype(int), n - 1)
-    groups = [tuple(chains[i] for i in order[label == g]) for g in range(n)]
-    groups = [g for g in groups if g]
+    groups = [tuple(chains[i] for i in g) for g in group_chains(centres, size, n)]
     return [g[0] if len(g) == 1 else g for g in groups]
 
 
@@ -134,9 +129,21 @@ class ChainRunner:
         self.prepared, self.settings, self.run_id = prepared, settings, run_id
         self.recoveries: list[str] = []  # MD segments that blew up and were rerun (see run_chain_segment)
         self.client = current_client()
-        workers = self._share_prepared() if self.client is not None else []
-        self.groups = md_groups(prepared, settings.md_groups or max(len(workers), 1))
-        self._place(workers)
+        self._workers = self._share_prepared() if self.client is not None else []
+        self.groups = md_groups(prepared, settings.md_groups or max(len(self._workers), 1))
+        self._place(self._workers)
+
+    def _follow_workers(self) -> None:
+        """Workers joined or left since the last iteration: give the new ones the prepared
+        model, regroup the chains for the new count (unless ``md_groups`` is set) and re-home
+        the groups. A group's OpenMM system is rebuilt once on its new worker."""
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if workers == self._workers or not workers:
+            return
+        self._workers = self._share_prepared()
+        if not self.settings.md_groups:
+            self.groups = md_groups(self.prepared, len(self._workers))
+        self._place(self._workers)
 
     def _share_prepared(self) -> list[str]:
         """Scatter the prepared model to every worker; returns the workers' addresses."""
@@ -166,13 +173,16 @@ class ChainRunner:
                 # functions of their inputs: the same result as without the loss)
                 if attempt == MD_RETRIES:
                     raise
-                self._place(self._share_prepared())
+                self._workers = self._share_prepared()
+                self._place(self._workers)
         raise AssertionError("unreachable")
 
     def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
             preset: str | None = None, chains: list | None = None) -> np.ndarray:
         """New positions of all MD particles (A) after one segment of every group of chains
         (``chains``: default :attr:`groups`, one task each; [None]: the whole model in one task)."""
+        if self.client is not None:
+            self._follow_workers()
         chains = self.groups if chains is None else chains
         s = self.settings
         kw = dict(run_id=self.run_id, iteration=iteration, seed=s.seed, preset=preset or s.preset,

@@ -273,6 +273,33 @@ def test_md_tasks_rerun_when_the_scattered_model_is_lost(two_chains, process_clu
     np.testing.assert_allclose(again, first, atol=1e-6)
 
 
+def test_md_groups_follow_workers_that_join(two_chains):
+    """A worker joins mid-run (a cluster that scales up): at the next iteration the chains are
+    regrouped for two workers, one group on each, and the new worker gets the prepared model;
+    the segments match an in-process run of the same groups."""
+    from dataclasses import replace
+
+    from distributed import Client, LocalCluster
+
+    from reff_dask.refine import ChainRunner
+
+    atoms, state, prepared, settings, plain = two_chains
+    auto = replace(settings, md_groups=None)
+    pos = prepared.positions_A
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        runner = ChainRunner(prepared, auto, run_id="scale-up")
+        assert len(runner.groups) == 1
+        runner.run(pos, atoms.xyz, 1.0, iteration=1)
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=1800)  # an event, not a clock: only a hang guard
+        moved = runner.run(pos, atoms.xyz, 1.0, iteration=2)
+        assert sorted(runner.groups) == ["A", "B"]
+        assert sorted(runner._home.values()) == sorted(client.scheduler_info()["workers"])
+    here = ChainRunner(prepared, replace(settings, md_groups=2), run_id="scale-up-here")
+    np.testing.assert_allclose(moved, here.run(pos, atoms.xyz, 1.0, iteration=2), atol=1e-6)
+
+
 def test_well_depth_falls_beyond_3_5_A():
     """The default well depth is 300 kJ/mol up to 3.5 A and 300 x 3.5 / resolution beyond (GroEL
     at 7 A: 150, which keeps the angle RMSD below the input's); a depth given is kept."""
