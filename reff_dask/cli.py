@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--window", type=_int(1), default=11, help="SMOCf window in residues (default 11)")
     sc.add_argument("--contour", type=_float(), help="also report the CCC over map voxels >= this level")
     sc.add_argument("--loqfit-cap", type=_positive, default=18.0, help="upper limit on LoQFit in A (default 18)")
+    sc.add_argument("--half-maps", nargs=2, metavar=("HALF1", "HALF2"),
+                    help="the two half maps (on the map's grid): FSC of each with the model, and of one with the other")
     _cluster_args(sc)
 
     en = sub.add_parser("ensemble", help="ensemble of models sampled from a refined model's B-factors, "
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
             settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour)
             with dask_client(**_cluster_kw(args, size)):
-                score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
+                score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks, args.half_maps)
             return 0
         if args.command == "ensemble":
             from .jobs import ensemble

@@ -189,6 +189,12 @@ def check_inputs(args) -> tuple[int, int]:
     size = (sum(int(np.prod(m.grid.shape)) for m, _ in maps), max((len(a) for _, a in models.values()), default=0))
     if cmd == "score" and maps[0][1] is not None:
         check_contour(maps[0][0], maps[0][1], args.contour)
+    for path in getattr(args, "half_maps", None) or []:
+        h = read_map(path, chunks)
+        if not h.grid.same_as(maps[0][0].grid):
+            raise InputError(path, f"half map grid (shape {h.grid.shape}, voxel {np.round(h.grid.voxel_size, 4).tolist()} "
+                                   f"A) differs from the map's (shape {maps[0][0].grid.shape}, voxel "
+                                   f"{np.round(maps[0][0].grid.voxel_size, 4).tolist()} A): half maps must be on its grid")
     if cmd == "composite":
         _check_composite(args, [m for m, _ in maps], models)
         return size

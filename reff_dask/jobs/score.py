@@ -14,9 +14,11 @@ import numpy as np
 from ..io.atomic import write_text
 from ..io.models import atom_table, check_in_box, model_labels, read_structure
 from ..precheck import check_contour
+from ..io.maps import read_map
 from ..scores import ScoreSettings, ScoreTable, score_models
+from ..scores.fsc import model_fsc
 from .inputs import load_inputs
-from .score_plots import chain_plot
+from .score_plots import chain_plot, fsc_plot
 from .common import grid_dict, progress, write_json
 from .view import enclosing_level, write_view
 
@@ -67,8 +69,9 @@ def _num(v: float) -> float | None:
 
 
 def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
-        settings: ScoreSettings | None = None, chunks=64) -> dict:
-    """Score every model in ``model_paths`` against the map and write tables, plots and report.json to ``outdir``."""
+        settings: ScoreSettings | None = None, chunks=64, half_maps: list[str] | None = None) -> dict:
+    """Score every model in ``model_paths`` against the map and write tables, plots and report.json to
+    ``outdir``; with ``half_maps`` (two paths) the map-model FSC of each half too."""
     t0 = time.perf_counter()
     settings = settings or ScoreSettings()
     inp = load_inputs(map_path, model_paths[0], chunks, resolution)
@@ -86,6 +89,18 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
           f"{len(structures)} model(s): {', '.join(labels)}", file=sys.stderr, flush=True)
     table = score_models(m, structures, resolution, settings)
     files = write_outputs(table, outdir)
+    halves = [read_map(p, chunks) for p in (half_maps or [])]
+    fsc = {}
+    for label, st in structures.items():
+        atoms = atom_table(st, label)
+        fsc[label] = model_fsc(m, atoms.xyz, atoms.weight, resolution, halves)
+        line = ", ".join(f"{name} {c.resolution_at(0.5):.2f} A" for name, c in fsc[label].items()
+                         if name != "half1_half2")
+        progress("score")(f"{label}: map-model FSC = 0.5 at {line}")
+    if "half1_half2" in fsc[labels[0]]:
+        progress("score")(f"half maps: FSC = 0.143 at {fsc[labels[0]]['half1_half2'].resolution_at(0.143):.2f} A")
+    fsc_plot(fsc, resolution, Path(outdir) / "fsc.png")
+    files.append("fsc.png")
     heavy = int(np.sum(~inp.atoms.hydrogen))
     files += write_view(outdir, map_path, enclosing_level(m, heavy), dict(zip(labels, model_paths)), table,
                         job="reff-dask score")
@@ -102,6 +117,8 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
         "map_grid": grid_dict(m.grid),
         "map_stats": inp.map_stats, "atoms_outside_map": atoms_outside,
         **summary,
+        "fsc": {label: {name: c.as_dict() for name, c in per.items()} for label, per in fsc.items()},
+        "half_maps": [str(p) for p in (half_maps or [])],
         "notes": {"loqfit_cap": f"LoQFit clamped at the upper limit {settings.loqfit_cap:g} A "
                                 "(FSC never reaches 0.5 above it)",
                   "loqfit_nyquist": "LoQFit clamped at Nyquist (2 x voxel): FSC stays above 0.5 to the last shell",

@@ -55,3 +55,27 @@ def chain_plot(table: ScoreTable, chain: str, target: str | Path) -> bool:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return True
+
+
+def fsc_plot(curves: dict, resolution: float, target: str | Path) -> None:
+    """Map-model FSC against resolution for every model (and its half maps), with the 0.5 and
+    0.143 lines; ``curves``: model label -> {curve name -> :class:`reff_dask.scores.fsc.FSCCurve`}."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    styles = {"map": "-", "half1": "--", "half2": ":", "half1_half2": "-."}
+    for j, (label, per) in enumerate(curves.items()):
+        for name, c in per.items():
+            if name == "half1_half2" and j > 0:
+                continue  # the same for every model
+            ax.plot(c.freq[1:], c.fsc[1:], styles.get(name, "-"), lw=1.3,
+                    color="grey" if name == "half1_half2" else f"C{j}",
+                    label="half 1 vs half 2" if name == "half1_half2" else f"{label}: {name} vs model")
+    for t in (0.5, 0.143):
+        ax.axhline(t, color="black", lw=0.7, ls="--")
+    ax.axvline(1.0 / resolution, color="grey", lw=0.8, ls=":", label=f"map resolution {resolution:g} A")
+    ax.set(xlabel="spatial frequency (1/A)", ylabel="FSC", ylim=(-0.1, 1.02), title="map-model FSC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
