@@ -64,7 +64,7 @@ def main() -> int:
         "TEMPy.loqfit": [f"{t}/TEMPy.loqfit", "-m", str(mp), "-p", str(model), "-r", "3.2", "--output-format",
                          "csv"],
         "TEMPy.scores": [f"{t}/TEMPy.scores", "-m", str(mp), "-p", str(model), "-r", "3.2", "--output-format",
-                         "json"],
+                         "csv"],
         "reff-dask score": [sys.executable, "-m", "reff_dask.cli", "score", "-m", str(mp), "-p", str(model), "-r",
                             "3.2", "-o", str(tmp / "reff")],
     }
