@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--window", type=_int(1), default=11, help="SMOCf window in residues (default 11)")
     sc.add_argument("--contour", type=_float(), help="also report the CCC over map voxels >= this level")
     sc.add_argument("--loqfit-cap", type=_positive, default=18.0, help="upper limit on LoQFit in A (default 18)")
+    sc.add_argument("--qscore-sigma", type=_positive, default=0.6,
+                    help="reference width of the Q-score in A (default 0.6, MapQ's; EMDB's validation uses 0.4)")
     sc.add_argument("--half-maps", nargs=2, metavar=("HALF1", "HALF2"),
                     help="the two half maps (on the map's grid): FSC of each with the model, and of one with the other")
     _cluster_args(sc)
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             from .jobs import score
             from .scores import ScoreSettings
 
-            settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour)
+            settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour,
+                                     qscore_sigma=args.qscore_sigma)
             with dask_client(**_cluster_kw(args, size)):
                 score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks, args.half_maps)
             return 0

@@ -52,6 +52,7 @@ def write_outputs(table: ScoreTable, outdir: str | Path) -> list[str]:
     write_text(out / "scores.csv", _csv(table.rows()))
     residues = [{"chain": c, "resnum": int(n), "icode": i, "resname": nm,
                  "scores": {label: {"smocf": _num(table.smoc[k, j]), "loqfit": _num(table.loqfit[k, j]),
+                                    **({"qscore": _num(table.qscore[k, j])} if table.qscore is not None else {}),
                                     "note": table.note[k][j]} for j, label in enumerate(table.models)}}
                 for k, (c, n, i, nm) in enumerate(zip(table.chain, table.seqnum, table.icode, table.name))]
     write_json(out / "scores.json", {"models": table.models, "resolution": table.resolution, "residues": residues})
@@ -110,7 +111,9 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
         print(f"[score] {label}: CCC {summary['ccc'][label]['ccc_box']:.4f} (mask "
               f"{summary['ccc'][label]['ccc_mask']:.4f}); SMOCf mean {mm['smocf_mean']:.3f}; "
               f"LoQFit median {mm['loqfit_median']:.2f} A ({mm['loqfit_at_cap']} at the "
-              f"{settings.loqfit_cap:g} A cap, {mm['loqfit_at_nyquist']} at Nyquist)", file=sys.stderr, flush=True)
+              f"{settings.loqfit_cap:g} A cap, {mm['loqfit_at_nyquist']} at Nyquist)"
+              + (f"; Q-score mean {mm['qscore_mean']:.3f} (sigma {settings.qscore_sigma:g} A)"
+                 if "qscore_mean" in mm else ""), file=sys.stderr, flush=True)
     report = {
         "command": "score",
         "map": str(map_path), "model_files": dict(zip(labels, map(str, model_paths))),

@@ -1,6 +1,7 @@
 """A ChimeraX command file (``view.cxc``) for a job's outputs: the map at a contour that encloses
 the model's volume, the models, residues coloured by SMOCf (or atoms by B-factor) and the worst
-ten residues labelled.
+ten residues labelled (Q-scores, where computed, are loaded as residue attributes too, with the
+command to colour by them).
 
 Open it in ChimeraX with ``open OUTDIR/view.cxc``. It starts a fresh session (``close session``)
 so the models get the numbers the commands use: the map #1, the models #2, #3, ... in the
@@ -88,6 +89,13 @@ def write_view(outdir: str | Path, map_path: str | Path, level: float, models: d
         names.append(name)
         cmds += [f"open {_quote((out / name).resolve())}",
                  f"color byattribute {attr} #{ids[label]} palette red:white:blue range 0,1 noValueColor gray"]
+        if table.qscore is not None:
+            qattr = f"qscore_{_label(label)}"
+            write_text(out / f"{qattr}.defattr", defattr(qattr, specs, table.qscore[:, j]))
+            names.append(f"{qattr}.defattr")
+            cmds += [f"open {_quote((out / (qattr + '.defattr')).resolve())}",
+                     f"# by Q-score instead: color byattribute {qattr} #{ids[label]} palette red:white:blue "
+                     "range 0,1 noValueColor gray"]
     if last in scored:
         j = table.models.index(last)
         s = table.smoc[:, j]

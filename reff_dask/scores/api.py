@@ -22,6 +22,7 @@ from ..io.models import atom_table
 from .blockwise import LocalParams, ModelSpec, score_local
 from .ccc import global_ccc
 from .loqfit import DEFAULT_CAP
+from .qscore import atom_qscores
 from .residues import residue_table
 from .smoc import mask_radius
 
@@ -35,6 +36,8 @@ class ScoreSettings:
     loqfit_diameter_factor: LoQFit mask diameter = factor x resolution.
     loqfit_cap: upper limit on LoQFit scores.
     contour: also report the CCC over map voxels >= this level (map units).
+    qscore_sigma: reference width of the Q-score (0.6 A, MapQ's default; 0.4 A, EMDB's
+      validation); None: no Q-score.
     """
 
     window: int = 11
@@ -43,6 +46,7 @@ class ScoreSettings:
     loqfit_cap: float = DEFAULT_CAP
     fsc_threshold: float = 0.5
     contour: float | None = None
+    qscore_sigma: float | None = 0.6
 
 
 @dataclass
@@ -52,6 +56,7 @@ class ScoreTable:
     smoc, loqfit: (n_residues, n_models), NaN where a model lacks the residue or it could
     not be scored; loqfit in Angstrom (lower is better); note: per residue and model,
     '' or why a value is clamped or missing. ccc: per model label, global CCC values.
+    qscore: (n_residues, n_models) mean Q-score of the residue's heavy atoms (None: not computed).
     """
 
     models: list[str]
@@ -65,6 +70,7 @@ class ScoreTable:
     ccc: dict[str, dict[str, float]]
     resolution: float
     settings: dict = field(default_factory=dict)
+    qscore: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.chain)
@@ -84,6 +90,8 @@ class ScoreTable:
                 s, q = self.smoc[sel, j], self.loqfit[sel, j]
                 out[c][label] = {"smocf": _nanmean(s), "loqfit": _nanmean(q),
                                  "residues": int(np.isfinite(s).sum())}
+                if self.qscore is not None:
+                    out[c][label]["qscore"] = _nanmean(self.qscore[sel, j])
         return out
 
     def model_means(self) -> dict[str, dict[str, float]]:
@@ -97,6 +105,8 @@ class ScoreTable:
                           "residues": int(np.isfinite(self.smoc[:, j]).sum()),
                           "loqfit_at_cap": notes.count("loqfit_cap"),
                           "loqfit_at_nyquist": notes.count("loqfit_nyquist")}
+            if self.qscore is not None:
+                out[label]["qscore_mean"] = _nanmean(self.qscore[:, j])
         return out
 
     def rows(self) -> list[dict]:
@@ -108,6 +118,8 @@ class ScoreTable:
             for j, label in enumerate(self.models):
                 row[f"smocf_{label}"] = _num(self.smoc[i, j])
                 row[f"loqfit_{label}"] = _num(self.loqfit[i, j])
+                if self.qscore is not None:
+                    row[f"qscore_{label}"] = _num(self.qscore[i, j])
                 row[f"note_{label}"] = self.note[i][j]
             rows.append(row)
         return rows
@@ -171,7 +183,7 @@ def score_models(m: Map, structures: Mapping[str, gemmi.Structure] | Sequence[ge
                                                                                        SIGMA_PER_RESOLUTION)
     params = LocalParams(resolution, radius, settings.loqfit_diameter_factor, settings.loqfit_cap,
                          settings.fsc_threshold)
-    specs, tables, ccc = [], [], {}
+    specs, tables, ccc, atom_q = [], [], {}, []
     for label, st in zip(labels, sts):
         atoms = atom_table(st, label)
         res = residue_table(st, settings.window)
@@ -181,6 +193,9 @@ def score_models(m: Map, structures: Mapping[str, gemmi.Structure] | Sequence[ge
         specs.append(ModelSpec(np.column_stack([atoms.xyz, sig, amp]).astype(np.float64), res))
         tables.append(res)
         ccc[label] = global_ccc(m, atoms.xyz, atoms.weight, resolution, settings.contour)
+        if settings.qscore_sigma is not None:
+            q = atom_qscores(m, atoms.xyz, atoms.hydrogen, settings.qscore_sigma)
+            atom_q.append(np.array([_nanmean(q[a:b]) for a, b in res.atoms]))
     local = score_local(m, specs, params)
     # union of residues over models, ordered by chain (first appearance), number, insertion code
     chain_order: dict[str, int] = {}
@@ -195,12 +210,15 @@ def score_models(m: Map, structures: Mapping[str, gemmi.Structure] | Sequence[ge
     smoc = np.full((n, nm), np.nan)
     loq = np.full((n, nm), np.nan)
     note = [[""] * nm for _ in range(n)]
+    qres = np.full((n, nm), np.nan) if atom_q else None
     for j, (res, sc) in enumerate(zip(tables, local)):
         idx = np.array([row[k] for k in res.keys()], dtype=np.int64)
         smoc[idx, j] = sc.smoc
         loq[idx, j] = sc.loqfit
+        if qres is not None:
+            qres[idx, j] = atom_q[j]
         for i, t in zip(idx, sc.note):
             note[i][j] = t
     used = asdict(settings) | {"smoc_radius": radius, "sigma_A": sigma}
     return ScoreTable(labels, [k[0] for k in keys], np.array([k[1] for k in keys], dtype=np.int64),
-                      [k[2] for k in keys], [info[k] for k in keys], smoc, loq, note, ccc, resolution, used)
+                      [k[2] for k in keys], [info[k] for k in keys], smoc, loq, note, ccc, resolution, used, qres)
