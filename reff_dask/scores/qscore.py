@@ -57,9 +57,15 @@ def qscore_block(region: np.ndarray, start, origin, voxel, xyz: np.ndarray, near
     origin, voxel = np.asarray(origin, float), np.asarray(voxel, float)
     start = np.asarray(start, float)
     region = np.asarray(region, dtype=np.float64)
-    tree = cKDTree(near)
     radii = np.arange(0.0, TO_RADIUS_A + STEP_A / 2, STEP_A)
     n = len(xyz)
+    # every atom that can shadow a point of atom i: within 1.9 x the outer radius (padded far away)
+    lists = cKDTree(near).query_ball_point(xyz, 1.9 * radii[-1] + 1e-6)
+    width = max((len(x) for x in lists), default=1)
+    nbr = np.full((n, width, 3), 1e3)  # relative to the atom (A); padding far beyond any shell
+    for i, x in enumerate(lists):
+        nbr[i, :len(x)] = near[x] - xyz[i]
+    nbr2 = np.sum(nbr**2, axis=-1)
     vals, refs, owner = [], [], []
     for r in radii:
         if r == 0.0:
@@ -71,10 +77,11 @@ def qscore_block(region: np.ndarray, start, origin, voxel, xyz: np.ndarray, near
             todo = np.arange(n)
             for t in range(MAX_TRIES):
                 dirs = sphere_directions(N_POINTS + 2 * t)
+                # clear: no atom but its own within 0.9 r (its own sits at r); distances from the
+                # points r * dirs to each neighbour b: r^2 + |b|^2 - 2 r dirs.b
+                d2 = r * r + np.min(nbr2[todo][:, :, None] - 2.0 * r * (nbr[todo] @ dirs.T), axis=1)
+                clear = d2 >= (0.9 * r) ** 2
                 cand = xyz[todo, None, :] + r * dirs[None, :, :]
-                # clear: no atom but its own within 0.9 r (its own sits at r)
-                d, _ = tree.query(cand.reshape(-1, 3), k=1, distance_upper_bound=0.9 * r)
-                clear = d.reshape(len(todo), -1) >= 0.9 * r
                 count = clear.sum(axis=1)
                 better = count > best_n[todo]
                 best_n[todo[better]], best_t[todo[better]] = count[better], t
