@@ -208,11 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_int(0),
                    help="OpenMM CPU threads per MD task (default 1: runs are bitwise reproducible; groups of "
                         "chains run in parallel on the workers; 0: OpenMM's own choice)")
+    g.add_argument("--rigid", nargs="+", metavar="chains|NAME=SELECTION",
+                   help="first fit rigid bodies by the same mixture model: 'chains' (each chain), or groups in gemmi "
+                        "selection syntax (e.g. dom1=//A/1-80 dom2=//A/81-200); for a model several A or tens of "
+                        "degrees off its density (another conformation, a docked domain)")
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
     g.add_argument("--monlib", help="CCP4 monomer library folder (e.g. $CLIBD_MON) for residues the bundled "
                                     "dictionaries lack: geometry targets in MD and the geometry report")
     _bstage_args(rf, use_model_b=False)
     _cluster_args(rf)
+
+    rg = sub.add_parser("rigid", help="rigid-body fit of chains or selected groups (mixture-model EM, coarse to "
+                                      "fine): large moves before flexible fitting")
+    _map_model_args(rg)
+    rg.add_argument("--group", action="append", metavar="NAME=SELECTION",
+                    help="fit these groups (repeat; gemmi selection syntax, e.g. --group dom1=//A/1-80); atoms in no "
+                         "group stay put (default: every chain is a group)")
+    _cluster_args(rg)
 
     sg = sub.add_parser("segment", help="split a map into per-chain parts by GMM responsibilities")
     _map_model_args(sg)
@@ -309,7 +321,13 @@ def main(argv: list[str] | None = None) -> int:
             implicit = None if args.implicit.lower() == "none" else args.implicit
             with dask_client(**_cluster_kw(args, size)):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
-                           args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib)
+                           args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib, rigid=args.rigid)
+            return 0
+        if args.command == "rigid":
+            from .jobs import rigid
+
+            with dask_client(**_cluster_kw(args, size)):
+                rigid.run(args.map, args.model, args.resolution, args.outdir, args.group, args.chunks)
             return 0
         if args.command in ("segment", "composite"):
             res = args.resolution if args.command == "segment" else args.resolution[0]

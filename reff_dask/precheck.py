@@ -210,6 +210,11 @@ def check_inputs(args) -> tuple[int, int]:
             selection_groups(st, args.group, args.model)
         if args.use_model_b:
             widths_from_b(atoms.b_input, args.model)
+    groups = args.group if cmd == "rigid" else getattr(args, "rigid", None) if cmd == "refine" else None
+    if groups and groups != ["chains"]:
+        from .jobs.segment import selection_groups
+
+        selection_groups(models[args.model][0], groups, args.model)
     if cmd == "ensemble":
         widths_from_b(models[args.model][1].b_input, args.model)
     if cmd == "refine" and args.resume:

@@ -12,7 +12,7 @@ from .. import checkpoint
 from ..bfactor import BFactorSettings, refine_bfactors
 from ..gmm.fit import GMMState, model_ccc
 from ..gmm.mstep import uniform_sigma
-from ..io.models import sigma_to_b, updated_structure, write_structure
+from ..io.models import atom_table, sigma_to_b, updated_structure, write_structure
 from ..md.prepare import prepare_model
 from ..md.simulate import choose_platform
 from ..plots import refine_plot
@@ -22,6 +22,7 @@ from ..validation import geometry_changes, validate_geometry
 from .inputs import b_cap_warning, check_md_options, load_inputs
 from .score import write_outputs
 from .common import progress, write_json
+from .rigid import run_rigid
 from .view import enclosing_level, write_view
 
 
@@ -64,8 +65,9 @@ def _per_chain_rmsd(atoms, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def run(map_path: str, model_path: str, resolution: float, outdir: str, settings: RefineSettings,
         bfactor_settings: BFactorSettings, forcefield: str = "amber14", implicit: str | None = "default",
-        chunks=64, resume: bool = False, monlib: str | None = None) -> dict:
-    """Refine ``model_path`` into ``map_path``; write the best-CCC model, report, plot, checkpoint."""
+        chunks=64, resume: bool = False, monlib: str | None = None, rigid: list[str] | None = None) -> dict:
+    """Refine ``model_path`` into ``map_path``; write the best-CCC model, report, plot, checkpoint.
+    ``rigid``: first fit rigid bodies (["chains"], or ``NAME=SELECTION`` groups; see :mod:`.rigid`)."""
     t_start = time.perf_counter()
     out = Path(outdir)
     check_md_options(forcefield, implicit, settings.platform)
@@ -73,6 +75,13 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         checkpoint.load(out, {})  # raises the clear "no checkpoint" error
     inp = load_inputs(map_path, model_path, chunks, resolution)
     m, atoms, st = inp.map, inp.atoms, inp.structure
+    st_input, rigid_rows, t_rigid = st, [], 0.0
+    if rigid:
+        t0 = time.perf_counter()
+        xyz, rigid_rows, _ = run_rigid(m, st, atoms, resolution, None if rigid == ["chains"] else rigid, model_path)
+        st = updated_structure(st, xyz=xyz)
+        atoms = atom_table(st, model_path)
+        t_rigid = time.perf_counter() - t0
     _say(f"map {m.grid.shape[::-1]} voxels in {m.data.npartitions} chunks; model {len(atoms)} atoms, "
          f"chains {atoms.chain_names}")
     t0 = time.perf_counter()
@@ -125,12 +134,12 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     b_end = refine_bfactors(m, final_xyz, atoms.weight, b_settings, residue=atoms.residue, state=result.state)
     b_final = sigma_to_b(b_end.state.sigma)
     refined = updated_structure(st, xyz=final_xyz, b_iso=b_final)
-    geo_before, geo_after = validate_geometry(st, monlib), validate_geometry(refined, monlib)
+    geo_before, geo_after = validate_geometry(st_input, monlib), validate_geometry(refined, monlib)
     clashes_before, clashes_after = geo_before.overall["clashes"], geo_after.overall["clashes"]
     _say_geometry(geo_before, geo_after)
     models = write_structure(refined, out / "model_refined")
     t0 = time.perf_counter()
-    table = score_models(m, {"start": st, "refined": refined}, resolution)
+    table = score_models(m, {"start": st_input, "refined": refined}, resolution)
     score_files = write_outputs(table, out)
     score_files += write_view(out, map_path, enclosing_level(m, int(np.sum(~atoms.hydrogen))),
                               {"start": model_path, "refined": models[0]}, table, job="reff-dask refine")
@@ -143,7 +152,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     report = {
         "command": "refine", "map": str(map_path), "model": str(model_path), "resolution": resolution,
         "atoms": len(atoms), "md_particles": prepared.n_particles, "chains_simulated": prepared.chains,
-        "kept_fixed": [e._asdict() for e in prepared.excluded],
+        "kept_fixed": [e._asdict() for e in prepared.excluded], "rigid_groups": rigid_rows,
         "ccc_start": result.ccc_start, "ccc_best_md": result.ccc_best, "best_iteration": result.best_iteration,
         "ccc_minimised": ccc_min, "ccc_final": ccc_final, "final_model": final_label,
         "clashes_before": clashes_before, "clashes_after": clashes_after,
@@ -151,13 +160,14 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
                      "worse": geometry_changes(geo_before.overall, geo_after.overall)},
         "md_recoveries": [n for row in result.history for n in row.get("recoveries", [])],
         "riders": prepared.n_riders, "library_terms": prepared.library_terms,
-        "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, atoms.xyz, final_xyz),
+        "rmsd_moved_per_chain_A": _per_chain_rmsd(atoms, inp.atoms.xyz, final_xyz),
         "scores_per_chain": scores["chain_means"], "scores": scores["model_means"],
         "bfactor_stage": b_hist, "iterations": result.history, "final_rounds": final_rounds,
         "openmm_platform": platform,
         "settings": {"refine": settings.__dict__, "bfactor": bfactor_settings.__dict__,
                      "forcefield": forcefield, "implicit": str(implicit)},
-        "wall_seconds": {"total": time.perf_counter() - t_start, "prepare": t_prepare, "bfactor_stage": t_bstage,
+        "wall_seconds": {"total": time.perf_counter() - t_start, "rigid": t_rigid, "prepare": t_prepare,
+                         "bfactor_stage": t_bstage,
                          "minimise": t_min, "scores": t_scores, **result.timing},
         "outputs": [p.name for p in models] + score_files + ["refine.png", "report.json", checkpoint.NAME],
     }
