@@ -208,10 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_int(0),
                    help="OpenMM CPU threads per MD task (default 1: runs are bitwise reproducible; groups of "
                         "chains run in parallel on the workers; 0: OpenMM's own choice)")
-    g.add_argument("--rigid", nargs="+", metavar="chains|NAME=SELECTION",
-                   help="first fit rigid bodies by the same mixture model: 'chains' (each chain), or groups in gemmi "
-                        "selection syntax (e.g. dom1=//A/1-80 dom2=//A/81-200); for a model several A or tens of "
-                        "degrees off its density (another conformation, a docked domain)")
+    g.add_argument("--rigid", nargs="+", metavar="chains|auto|NAME=SELECTION",
+                   help="first fit rigid bodies by the same mixture model: 'chains' (each chain), 'auto' (each "
+                        "chain's compact domains, found from its contacts), or groups in gemmi selection syntax "
+                        "(e.g. dom1=//A/1-80 dom2=//A/81-200); for a model several A or tens of degrees off its "
+                        "density (another conformation, a domain hinge motion, a docked domain)")
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
     g.add_argument("--monlib", help="CCP4 monomer library folder (e.g. $CLIBD_MON) for residues the bundled "
                                     "dictionaries lack: geometry targets in MD and the geometry report")
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     _map_model_args(rg)
     rg.add_argument("--group", action="append", metavar="NAME=SELECTION",
                     help="fit these groups (repeat; gemmi selection syntax, e.g. --group dom1=//A/1-80); atoms in no "
-                         "group stay put (default: every chain is a group)")
+                         "group stay put; '--group auto': each chain's compact domains, found from its contacts "
+                         "(default: every chain is a group)")
     _cluster_args(rg)
 
     sg = sub.add_parser("segment", help="split a map into per-chain parts by GMM responsibilities")

@@ -211,7 +211,7 @@ def check_inputs(args) -> tuple[int, int]:
         if args.use_model_b:
             widths_from_b(atoms.b_input, args.model)
     groups = args.group if cmd == "rigid" else getattr(args, "rigid", None) if cmd == "refine" else None
-    if groups and groups != ["chains"]:
+    if groups and groups not in (["chains"], ["auto"]):
         from .jobs.segment import selection_groups
 
         selection_groups(models[args.model][0], groups, args.model)

@@ -73,3 +73,24 @@ def test_rigid_command_writes_model_and_report(tmp_path, map_path, real_structur
     assert len(back) == len(real_atoms)
     assert float(np.sqrt(np.mean(np.sum((back.xyz[a] - real_atoms.xyz[a]) ** 2, axis=1)))) < 1.0
     np.testing.assert_allclose(back.xyz[~a], xyz[~a], atol=1e-3)  # not in a group: not moved
+
+
+def test_auto_domains_find_groels_apical_domain(shared_case):
+    """Automatic domains from each chain's contacts: every GroEL subunit splits into its apical
+    domain (residues 191-376 in one group, with little else) and the rest; haemoglobin's
+    single-domain chains stay whole."""
+    from reff_dask.domains import auto_domains
+
+    st = read_structure(shared_case("emd_1997_groel") / "1oel_14mer_fit_emd1997.pdb.gz")
+    groups, names = auto_domains(st)
+    info = [(ch.name, r.seqid.num) for ch in st[0] for r in ch for _ in r]
+    chain = np.array([c for c, _ in info])
+    num = np.array([n for _, n in info])
+    assert len(names) == 2 * len(set(chain)) and np.all(groups >= 0)
+    for c in sorted(set(chain)):
+        apical = (chain == c) & (num >= 191) & (num <= 376)
+        g = np.bincount(groups[apical]).argmax()
+        assert np.mean(groups[apical] == g) > 0.95
+        assert np.mean(apical[groups == g]) > 0.75  # the group is mostly the apical domain
+    hb_groups, hb_names = auto_domains(read_structure(shared_case("emd_3488") / "5ni1.pdb"))
+    assert [n.split(":")[0] for n in hb_names] == ["A", "B", "C", "D"]

@@ -67,7 +67,8 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         bfactor_settings: BFactorSettings, forcefield: str = "amber14", implicit: str | None = "default",
         chunks=64, resume: bool = False, monlib: str | None = None, rigid: list[str] | None = None) -> dict:
     """Refine ``model_path`` into ``map_path``; write the best-CCC model, report, plot, checkpoint.
-    ``rigid``: first fit rigid bodies (["chains"], or ``NAME=SELECTION`` groups; see :mod:`.rigid`)."""
+    ``rigid``: first fit rigid bodies (["chains"], ["auto"] domains, or ``NAME=SELECTION`` groups;
+    see :mod:`.rigid`)."""
     t_start = time.perf_counter()
     out = Path(outdir)
     check_md_options(forcefield, implicit, settings.platform)
@@ -78,7 +79,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     st_input, rigid_rows, t_rigid = st, [], 0.0
     if rigid:
         t0 = time.perf_counter()
-        xyz, rigid_rows, _ = run_rigid(m, st, atoms, resolution, None if rigid == ["chains"] else rigid, model_path)
+        xyz, rigid_rows, _ = run_rigid(m, st, atoms, resolution, rigid, model_path)
         st = updated_structure(st, xyz=xyz)
         atoms = atom_table(st, model_path)
         t_rigid = time.perf_counter() - t0

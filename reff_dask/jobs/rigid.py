@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.models import updated_structure, write_structure
+from ..domains import auto_domains
 from ..rigid import RigidResult, RigidSettings, rigid_fit, rotation_angle_deg
 from .common import progress, write_json
 from .inputs import load_inputs
@@ -17,10 +18,13 @@ _say = progress("rigid")
 
 
 def group_labels(structure, atoms, groups: list[str] | None, model_path: str) -> tuple[np.ndarray, list[str]]:
-    """Group per atom and group names: one per chain, or the ``NAME=SELECTION`` groups given
-    (atoms no group selects are held fixed)."""
-    if not groups:
+    """Group per atom and group names: one per chain (``groups`` None or ["chains"]), each
+    chain's automatic domains (["auto"], :func:`reff_dask.domains.auto_domains`), or the
+    ``NAME=SELECTION`` groups given (atoms no group selects are held fixed)."""
+    if not groups or groups == ["chains"]:
         return atoms.chain.astype(np.int64), list(atoms.chain_names)
+    if groups == ["auto"]:
+        return auto_domains(structure)
     comp, names = selection_groups(structure, groups, model_path)
     if names and names[-1] == "rest":
         comp = np.where(comp == len(names) - 1, -1, comp)
