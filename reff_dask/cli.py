@@ -111,6 +111,11 @@ def _cluster_kw(args, size: tuple[int, int]) -> dict:
             "tls_dir": args.tls_dir}
 
 
+_CONVENTION_HELP = ("scores by this project's definitions ('reff', default; blockwise) or by TEMPy 2.1.2's "
+                    "('tempy': SMOC, LoQFit and CCC as TEMPy.smoc/loqfit/scores compute them, for comparison "
+                    "with TEMPy/CCP-EM numbers; the whole map in memory). README: Score conventions")
+
+
 def _map_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--map", required=True, help="map: MRC/CCP4 (.mrc, .map, .gz) or Zarr store")
     p.add_argument("-p", "--model", required=True, help="atomic model: PDB or mmCIF")
@@ -216,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.npz")
     g.add_argument("--monlib", help="CCP4 monomer library folder (e.g. $CLIBD_MON) for residues the bundled "
                                     "dictionaries lack: geometry targets in MD and the geometry report")
+    g.add_argument("--convention", choices=["reff", "tempy"], default="reff",
+                   help="scores of the start and refined model in the report: " + _CONVENTION_HELP)
     _bstage_args(rf, use_model_b=False)
     _cluster_args(rf)
 
@@ -265,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reference width of the Q-score in A (default 0.6, MapQ's; EMDB's validation uses 0.4)")
     sc.add_argument("--half-maps", nargs=2, metavar=("HALF1", "HALF2"),
                     help="the two half maps (on the map's grid): FSC of each with the model, and of one with the other")
+    sc.add_argument("--convention", choices=["reff", "tempy"], default="reff", help=_CONVENTION_HELP)
     _cluster_args(sc)
 
     en = sub.add_parser("ensemble", help="ensemble of models sampled from a refined model's B-factors, "
@@ -323,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             implicit = None if args.implicit.lower() == "none" else args.implicit
             with dask_client(**_cluster_kw(args, size)):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
-                           args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib, rigid=args.rigid)
+                           args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib, rigid=args.rigid,
+                           convention=args.convention)
             return 0
         if args.command == "rigid":
             from .jobs import rigid
@@ -352,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             from .scores import ScoreSettings
 
             settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour,
-                                     qscore_sigma=args.qscore_sigma)
+                                     qscore_sigma=args.qscore_sigma, convention=args.convention)
             with dask_client(**_cluster_kw(args, size)):
                 score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks, args.half_maps)
             return 0

@@ -189,6 +189,14 @@ def check_inputs(args) -> tuple[int, int]:
     size = (sum(int(np.prod(m.grid.shape)) for m, _ in maps), max((len(a) for _, a in models.values()), default=0))
     if cmd == "score" and maps[0][1] is not None:
         check_contour(maps[0][0], maps[0][1], args.contour)
+    if getattr(args, "convention", "reff") == "tempy" and maps:
+        from .scores.tempy import MAX_VOXELS
+
+        n = int(np.prod(maps[0][0].grid.shape))
+        if n > MAX_VOXELS:
+            raise InputError(maps[0][0].path, f"--convention tempy holds the whole map in memory, as TEMPy does: "
+                                              f"{n:,} voxels is more than {MAX_VOXELS:,}; score it with the "
+                                              "default convention (blockwise), or crop the map")
     for path in getattr(args, "half_maps", None) or []:
         h = read_map(path, chunks)
         if not h.grid.same_as(maps[0][0].grid):

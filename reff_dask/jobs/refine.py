@@ -17,7 +17,7 @@ from ..md.prepare import prepare_model
 from ..md.simulate import choose_platform
 from ..plots import refine_plot
 from ..refine import RefineSettings, md_groups, minimise, refine_positions
-from ..scores import score_models
+from ..scores import ScoreSettings, score_models
 from ..validation import geometry_changes, validate_geometry
 from .inputs import b_cap_warning, check_md_options, load_inputs
 from .score import write_outputs
@@ -65,10 +65,12 @@ def _per_chain_rmsd(atoms, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def run(map_path: str, model_path: str, resolution: float, outdir: str, settings: RefineSettings,
         bfactor_settings: BFactorSettings, forcefield: str = "amber14", implicit: str | None = "default",
-        chunks=64, resume: bool = False, monlib: str | None = None, rigid: list[str] | None = None) -> dict:
+        chunks=64, resume: bool = False, monlib: str | None = None, rigid: list[str] | None = None,
+        convention: str = "reff") -> dict:
     """Refine ``model_path`` into ``map_path``; write the best-CCC model, report, plot, checkpoint.
     ``rigid``: first fit rigid bodies (["chains"], ["auto"] domains, or ``NAME=SELECTION`` groups;
-    see :mod:`.rigid`)."""
+    see :mod:`.rigid`). ``convention``: of the scores in the report ("reff" or "tempy", see
+    :class:`reff_dask.scores.ScoreSettings`)."""
     t_start = time.perf_counter()
     out = Path(outdir)
     check_md_options(forcefield, implicit, settings.platform)
@@ -140,7 +142,8 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     _say_geometry(geo_before, geo_after)
     models = write_structure(refined, out / "model_refined")
     t0 = time.perf_counter()
-    table = score_models(m, {"start": st_input, "refined": refined}, resolution)
+    table = score_models(m, {"start": st_input, "refined": refined}, resolution,
+                         ScoreSettings(convention=convention))
     score_files = write_outputs(table, out)
     score_files += write_view(out, map_path, enclosing_level(m, int(np.sum(~atoms.hydrogen))),
                               {"start": model_path, "refined": models[0]}, table, job="reff-dask refine")

@@ -108,8 +108,10 @@ def run(map_path: str, model_paths: list[str], resolution: float, outdir: str,
     summary = table.summary()
     for label in labels:
         mm = summary["model_means"][label]
-        print(f"[score] {label}: CCC {summary['ccc'][label]['ccc_box']:.4f} (mask "
-              f"{summary['ccc'][label]['ccc_mask']:.4f}); SMOCf mean {mm['smocf_mean']:.3f}; "
+        cc = summary["ccc"][label]
+        mask = f" (mask {cc['ccc_mask']:.4f})" if "ccc_mask" in cc else ""
+        smoc = "SMOC (TEMPy)" if settings.convention == "tempy" else "SMOCf"
+        print(f"[score] {label}: CCC {cc['ccc_box']:.4f}{mask}; {smoc} mean {mm['smocf_mean']:.3f}; "
               f"LoQFit median {mm['loqfit_median']:.2f} A ({mm['loqfit_at_cap']} at the "
               f"{settings.loqfit_cap:g} A cap, {mm['loqfit_at_nyquist']} at Nyquist)"
               + (f"; Q-score mean {mm['qscore_mean']:.3f} (sigma {settings.qscore_sigma:g} A)"

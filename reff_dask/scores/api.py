@@ -25,6 +25,8 @@ from .loqfit import DEFAULT_CAP
 from .qscore import atom_qscores
 from .residues import residue_table
 from .smoc import mask_radius
+from . import tempy as T
+from .tempy import TempyConvention
 
 
 @dataclass
@@ -38,6 +40,9 @@ class ScoreSettings:
     contour: also report the CCC over map voxels >= this level (map units).
     qscore_sigma: reference width of the Q-score (0.6 A, MapQ's default; 0.4 A, EMDB's
       validation); None: no Q-score.
+    convention: "reff" (this project's scores, blockwise) or "tempy" (TEMPy 2.1.2's SMOC,
+      LoQFit and CCC, whole map in memory: :mod:`.tempy`); tempy: which of TEMPy's
+      definitions the "tempy" convention uses (default: all of them).
     """
 
     window: int = 11
@@ -47,6 +52,8 @@ class ScoreSettings:
     fsc_threshold: float = 0.5
     contour: float | None = None
     qscore_sigma: float | None = 0.6
+    convention: str = "reff"
+    tempy: TempyConvention = field(default_factory=TempyConvention)
 
 
 @dataclass
@@ -178,6 +185,10 @@ def score_models(m: Map, structures: Mapping[str, gemmi.Structure] | Sequence[ge
     labels, sts = _labels(structures)
     if not sts:
         raise ValueError("no models to score")
+    if settings.convention == "tempy":
+        return _score_tempy(m, labels, sts, resolution, settings)
+    if settings.convention != "reff":
+        raise ValueError(f"unknown score convention {settings.convention!r}: 'reff' or 'tempy'")
     sigma = uniform_sigma(resolution)
     radius = settings.smoc_radius if settings.smoc_radius is not None else mask_radius(resolution,
                                                                                        SIGMA_PER_RESOLUTION)
@@ -197,11 +208,43 @@ def score_models(m: Map, structures: Mapping[str, gemmi.Structure] | Sequence[ge
             q = atom_qscores(m, atoms.xyz, atoms.hydrogen, settings.qscore_sigma)
             atom_q.append(np.array([_nanmean(q[a:b]) for a, b in res.atoms]))
     local = score_local(m, specs, params)
-    # union of residues over models, ordered by chain (first appearance), number, insertion code
+    per_model = [(res.keys(), res.name, sc.smoc, sc.loqfit, sc.note, q)
+                 for res, sc, q in zip(tables, local, atom_q or [None] * len(tables))]
+    return _table(labels, per_model, ccc, resolution, asdict(settings) | {"smoc_radius": radius, "sigma_A": sigma})
+
+
+def _score_tempy(m: Map, labels: list[str], sts: list[gemmi.Structure], resolution: float,
+                 settings: ScoreSettings) -> ScoreTable:
+    """Scores by TEMPy 2.1.2's definitions (:mod:`.tempy`), the whole map in memory."""
+    conv = settings.tempy
+    g = m.grid
+    exp = np.asarray(m.data.compute(), dtype=np.float64)
+    per_model, ccc = [], {}
+    for label, st in zip(labels, sts):
+        _check_overlap(m, label, residue_table(st, settings.window).centre)
+        st2, xyz, w = T.model_atoms(st, conv)
+        res = T.residues(st2, settings.window, conv)
+        smoc = T.smoc(exp, g.origin, g.voxel_size, xyz, w, res, resolution, conv)
+        loq, notes = T.loqfit(exp, g.origin, g.voxel_size, xyz, w, res, resolution, conv, settings.loqfit_cap)
+        ccc[label] = {"ccc_box": T.ccc(exp, g.origin, g.voxel_size, xyz, w, resolution)}
+        q = None
+        if settings.qscore_sigma is not None:
+            atoms = atom_table(st2, label)
+            qa = atom_qscores(m, atoms.xyz, atoms.hydrogen, settings.qscore_sigma)
+            q = np.array([_nanmean(qa[idx]) for idx in res.atoms])
+        keys = [(c, int(n), "") for c, n in zip(res.chain, res.seqnum)]
+        per_model.append((keys, res.name, smoc, loq, notes, q))
+    used = asdict(settings) | {"smoc_radius": 2.5 * max(T.SIGMA_COEFF * resolution, 1.0)}
+    return _table(labels, per_model, ccc, resolution, used)
+
+
+def _table(labels: list[str], per_model: list, ccc: dict, resolution: float, used: dict) -> ScoreTable:
+    """One ScoreTable from per-model (keys, names, smoc, loqfit, notes, qscore or None), rows the
+    union of residues ordered by chain (first appearance), number, insertion code."""
     chain_order: dict[str, int] = {}
     info: dict[tuple, str] = {}
-    for res in tables:
-        for key, name in zip(res.keys(), res.name):
+    for keys, names, *_ in per_model:
+        for key, name in zip(keys, names):
             chain_order.setdefault(key[0], len(chain_order))
             info.setdefault(key, name)
     keys = sorted(info, key=lambda k: (chain_order[k[0]], k[1], k[2]))
@@ -210,15 +253,15 @@ def score_models(m: Map, structures: Mapping[str, gemmi.Structure] | Sequence[ge
     smoc = np.full((n, nm), np.nan)
     loq = np.full((n, nm), np.nan)
     note = [[""] * nm for _ in range(n)]
-    qres = np.full((n, nm), np.nan) if atom_q else None
-    for j, (res, sc) in enumerate(zip(tables, local)):
-        idx = np.array([row[k] for k in res.keys()], dtype=np.int64)
-        smoc[idx, j] = sc.smoc
-        loq[idx, j] = sc.loqfit
-        if qres is not None:
-            qres[idx, j] = atom_q[j]
-        for i, t in zip(idx, sc.note):
+    has_q = any(p[5] is not None for p in per_model)
+    qres = np.full((n, nm), np.nan) if has_q else None
+    for j, (mkeys, _, s, lq, notes, q) in enumerate(per_model):
+        idx = np.array([row[k] for k in mkeys], dtype=np.int64)
+        smoc[idx, j] = s
+        loq[idx, j] = lq
+        if qres is not None and q is not None:
+            qres[idx, j] = q
+        for i, t in zip(idx, notes):
             note[i][j] = t
-    used = asdict(settings) | {"smoc_radius": radius, "sigma_A": sigma}
     return ScoreTable(labels, [k[0] for k in keys], np.array([k[1] for k in keys], dtype=np.int64),
                       [k[2] for k in keys], [info[k] for k in keys], smoc, loq, note, ccc, resolution, used, qres)

@@ -51,6 +51,8 @@ from .smoc import smoc_window
 NAME_MASSES = {"H": 1.0, "C": 12.0, "N": 14.0, "O": 16.0, "S": 32.0}
 #: Model-map widths (x resolution): SMOC and CCC, and LoQFit.
 SIGMA_COEFF, LOQFIT_SIGMA_COEFF = 0.225, 0.356
+#: Largest map (voxels) the whole-array TEMPy convention takes: 400^3 (~3 GB at its peak).
+MAX_VOXELS = 400 ** 3
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _bonded(prev: gemmi.Residue, res: gemmi.Residue) -> bool:
 def residues(st: gemmi.Structure, window: int, conv: TempyConvention) -> TempyResidues:
     """TEMPy's residue list of the first model, with SMOC windows of ``window`` residues.
 
-    Residues are keyed by chain name and number. Windows stop at skips in numbering
+    Residues are keyed by chain name and number; waters are not scored. Windows stop at skips in numbering
     (``number_windows``) or where consecutive residues are not bonded (this project's rule)."""
     half = window // 2
     by_chain: dict[str, dict[int, list]] = {}
@@ -124,6 +126,9 @@ def residues(st: gemmi.Structure, window: int, conv: TempyConvention) -> TempyRe
         nums = by_chain.setdefault(ch.name, {})
         first_last = ends.setdefault(ch.name, {})
         for res in ch:
+            if res.is_water():  # in the model map, not scored
+                a += len(res)
+                continue
             n = res.seqid.num
             nums.setdefault(n, []).extend(range(a, a + len(res)))
             first_last.setdefault(n, [res, res])[1] = res
