@@ -113,7 +113,7 @@ def _cluster_kw(args, size: tuple[int, int]) -> dict:
 
 _CONVENTION_HELP = ("scores by this project's definitions ('reff', default; blockwise) or by TEMPy 2.1.2's "
                     "('tempy': SMOC, LoQFit and CCC as TEMPy.smoc/loqfit/scores compute them, for comparison "
-                    "with TEMPy/CCP-EM numbers; the whole map in memory). README: Score conventions")
+                    "with TEMPy/CCP-EM numbers; the whole map in memory). README: `score` outputs, and the two score conventions")
 
 
 def _map_model_args(p: argparse.ArgumentParser) -> None:

@@ -113,3 +113,43 @@ def test_cli_score_convention_tempy(tmp_path, map_path, model_path):
     assert rep["settings"]["convention"] == "tempy"
     assert rep["ccc"]["5ni1"]["ccc_box"] == pytest.approx(_tempy_values()[1]["emd_3488"], abs=6e-4)
     assert rep["model_means"]["5ni1"]["residues"] == 574
+
+
+def test_number_windows_stop_at_numbering_gaps_not_at_bonds(real_structure):
+    """TEMPy's windows stop where residue numbers skip even if the chain is bonded across; this
+    project's stop where the chain is broken, whatever the numbers."""
+    from reff_dask.scores.tempy import model_atoms, residues
+
+    st = real_structure.clone()
+    for res in st[0]["A"]:
+        if res.seqid.num > 50:
+            res.seqid.num += 10  # a numbering gap after A50, the chain still bonded
+    conv = TempyConvention()
+    st2, _, _ = model_atoms(st, conv)
+    tempy = residues(st2, 11, conv)
+    own = residues(st2, 11, replace(conv, number_windows=False))
+    i = [k for k, (c, n) in enumerate(zip(tempy.chain, tempy.seqnum)) if c == "A" and n == 50][0]
+    atoms_of = {int(n): set(a.tolist()) for c, n, a in zip(tempy.chain, tempy.seqnum, tempy.atoms) if c == "A"}
+    assert set(tempy.window[i].tolist()) == set().union(*(atoms_of[n] for n in range(45, 51)))
+    assert set(own.window[i].tolist()) == set().union(*(atoms_of[n] for n in [45, 46, 47, 48, 49, 50,
+                                                                             61, 62, 63, 64, 65]))
+
+
+def test_tempy_masses_and_ligands(shared_case, real_structure):
+    """TEMPy weighs atoms by their name's first letter (phosphorus 'P' weighs 1, iron 'FE' 1) and
+    reads no ligands or waters."""
+    from reff_dask.scores.tempy import model_atoms
+
+    conv = TempyConvention()
+    st, _, w = model_atoms(real_structure, conv)
+    names = [at.name for res in st[0][0] for at in res]
+    assert "FE" not in names and len(st[0][0]) == 141  # haem and waters gone
+    assert w[names.index("CA")] == 12.0 and w[names.index("SD")] == 32.0
+    _, _, w_kept = model_atoms(real_structure, replace(conv, drop_ligands=False, name_masses=False))
+    assert len(w_kept) == real_structure[0].count_atom_sites()
+    rna = read_structure(shared_case("emd_11007_rna") / "6yyt_rna_PQTU.pdb")
+    st, _, w = model_atoms(rna, conv)
+    p = [i for i, at in enumerate(at for ch in st[0] for res in ch for at in res) if at.name == "P"]
+    assert p and np.all(w[p] == 1.0)
+    _, _, wz = model_atoms(rna, replace(conv, name_masses=False))
+    assert np.all(wz[p] == 15.0)

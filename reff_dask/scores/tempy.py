@@ -5,8 +5,9 @@ This module reproduces TEMPy 2.1.2 (``TEMPy.smoc``, ``TEMPy.loqfit``, ``TEMPy.sc
 their defaults); each way it differs from this project's own scores is one field of
 :class:`TempyConvention`, so its size can be measured alone (README, "Score conventions"):
 
-drop_ligands     TEMPy reads models without ligands and waters (HETATM): they are neither
-                 scored nor in the model map (EMD-3488's haems sit inside residues' masks).
+drop_ligands     TEMPy reads models without HETATM records (ligands, waters, and any residue
+                 so flagged): they are neither scored nor in the model map (EMD-3488's haems
+                 sit inside residues' masks).
 name_masses      atoms weigh by the first letter of the atom *name* (H 1, C 12, N 14, O 16,
                  S 32, anything else 1: a haem's FE weighs 1), not Z x occupancy.
 grid_model_map   SMOC's model map: each atom's mass on the nearest point of a ~1 A grid over
@@ -85,13 +86,15 @@ class TempyResidues:
 
 
 def model_atoms(st: gemmi.Structure, conv: TempyConvention) -> tuple[gemmi.Structure, np.ndarray, np.ndarray]:
-    """The structure TEMPy scores (ligands and waters removed if ``conv.drop_ligands``), its
-    coordinates (A) in gemmi order and atom weights (mass by name, or Z x occupancy)."""
+    """The structure TEMPy scores (first model; with ``conv.drop_ligands`` without the residues of
+    HETATM records, waters included, as TEMPy reads models), its coordinates (A) in gemmi order
+    (alternative locations kept, as TEMPy keeps them) and atom weights (mass by name, or Z x occupancy)."""
     st = st.clone()
-    st.remove_alternative_conformations()
     if conv.drop_ligands:
-        st.setup_entities()
-        st.remove_ligands_and_waters()
+        for ch in st[0]:
+            for i in reversed(range(len(ch))):
+                if ch[i].het_flag == "H":
+                    del ch[i]
         st.remove_empty_chains()
     xyz, w = [], []
     for ch in st[0]:
