@@ -349,3 +349,29 @@ def test_qscore_matches_an_independent_implementation(map_path, real_atoms):
     assert abs(np.mean(q[ok]) - np.mean(ref[ok])) < 0.01
     chunked = atom_qscores(read_map(map_path, 33), real_atoms.xyz, real_atoms.hydrogen, sigma=0.6)
     np.testing.assert_allclose(chunked, q, atol=1e-9)
+
+
+def test_fsc_with_noise_falls_where_the_noise_power_reaches_a_third_of_the_signal(real_map):
+    """FSC(map, map + white noise) = sqrt(S / (S + N)) per shell (S: the map's mean power in the
+    shell, N: the noise power, the same in every shell), so it crosses 0.5 where S = N / 3:
+    the measured crossing lies where the map's own spectrum says it must (to a shell, the noise
+    being one draw), and more noise moves it to a coarser resolution."""
+    from reff_dask.scores.fsc import map_fsc
+
+    a = real_map.data.compute().astype(np.float64)
+    vox = np.asarray(real_map.grid.voxel_size)
+    f = np.abs(np.fft.rfftn(a)) ** 2
+    nz, ny, nx = a.shape
+    k = np.sqrt((np.fft.fftfreq(nz)[:, None, None] / vox[2]) ** 2 + (np.fft.fftfreq(ny)[None, :, None] / vox[1]) ** 2
+                + (np.fft.rfftfreq(nx)[None, None, :] / vox[0]) ** 2)
+    width = 1.0 / (max(a.shape) * vox.max())
+    shell = np.rint(k / width).astype(int).ravel()
+    s = np.bincount(shell, f.ravel()) / np.maximum(np.bincount(shell), 1)
+    got = []
+    for sd in (2.0 * a.std(), 8.0 * a.std()):
+        b = a + np.random.default_rng(7).normal(scale=sd, size=a.shape)
+        got.append(map_fsc(real_map.data, b, vox).resolution_at(0.5))
+        expected = np.sqrt(s / (s + sd ** 2 * a.size))
+        first_below = int(np.nonzero(expected[1:] < 0.5)[0][0]) + 1
+        assert 1.0 / ((first_below + 1) * width) <= got[-1] <= 1.0 / ((first_below - 2) * width)
+    assert got[1] > got[0] + 0.3
