@@ -142,3 +142,21 @@ def test_refine_with_rigid_stage_brings_a_moved_chain_back(tmp_path, map_path, r
     back = atom_table(read_structure(out / "model_refined.pdb"))
     assert len(back) == len(real_atoms)
     assert float(np.sqrt(np.mean(np.sum((back.xyz[a] - real_atoms.xyz[a]) ** 2, axis=1)))) < 1.0
+
+
+def test_hinge_bonds_are_the_links_between_groups(real_structure, real_atoms):
+    """Backbone links whose atoms lie in different groups are found once each, with their input
+    length; a rigid move of one group stretches exactly those links."""
+    from reff_dask.jobs.rigid import bond_lengths, hinge_bonds
+
+    labels = real_atoms.chain.astype(np.int64).copy()
+    num = np.array([r.seqid.num for ch in real_structure[0] for r in ch for _ in r])
+    a = (labels == 0) & (num >= 70) & (num < 200)   # chain A's residues 70-141 (not its haem) as a group
+    labels[a] = 4
+    hinges = hinge_bonds(real_structure, labels, ["A", "B", "C", "D", "A70"])
+    assert [h["bond"] for h in hinges] == ["A/ALA69 C - VAL70 N"]
+    assert hinges[0]["groups"] == "A | A70"
+    assert 1.25 < hinges[0]["input_A"] < 1.40
+    xyz = real_atoms.xyz.copy()
+    xyz[a] += [0.0, 0.0, 4.0]
+    assert bond_lengths(hinges, xyz)[0] > 2.6

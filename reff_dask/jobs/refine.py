@@ -22,7 +22,7 @@ from ..validation import geometry_changes, validate_geometry
 from .inputs import b_cap_warning, check_md_options, load_inputs
 from .score import write_outputs
 from .common import progress, write_json
-from .rigid import run_rigid
+from .rigid import bond_lengths, run_rigid
 from .view import enclosing_level, write_view
 
 
@@ -78,10 +78,10 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         checkpoint.load(out, {})  # raises the clear "no checkpoint" error
     inp = load_inputs(map_path, model_path, chunks, resolution)
     m, atoms, st = inp.map, inp.atoms, inp.structure
-    st_input, rigid_rows, t_rigid = st, [], 0.0
+    st_input, rigid_rows, hinges, t_rigid = st, [], [], 0.0
     if rigid:
         t0 = time.perf_counter()
-        xyz, rigid_rows, _ = run_rigid(m, st, atoms, resolution, rigid, model_path)
+        xyz, rigid_rows, _, hinges = run_rigid(m, st, atoms, resolution, rigid, model_path)
         st = updated_structure(st, xyz=xyz)
         atoms = atom_table(st, model_path)
         t_rigid = time.perf_counter() - t0
@@ -137,6 +137,12 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     b_end = refine_bfactors(m, final_xyz, atoms.weight, b_settings, residue=atoms.residue, state=result.state)
     b_final = sigma_to_b(b_end.state.sigma)
     refined = updated_structure(st, xyz=final_xyz, b_iso=b_final)
+    for h, d in zip(hinges, bond_lengths(hinges, final_xyz)):
+        h["refined_A"] = d
+    if hinges:
+        worst = max(hinges, key=lambda h: h["refined_A"])
+        _say(f"backbone links between rigid groups: longest {max(h['rigid_A'] for h in hinges):.2f} A after the "
+             f"rigid stage, {worst['refined_A']:.2f} A refined ({worst['bond']})")
     geo_before, geo_after = validate_geometry(st_input, monlib), validate_geometry(refined, monlib)
     clashes_before, clashes_after = geo_before.overall["clashes"], geo_after.overall["clashes"]
     _say_geometry(geo_before, geo_after)
@@ -157,6 +163,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
         "command": "refine", "map": str(map_path), "model": str(model_path), "resolution": resolution,
         "atoms": len(atoms), "md_particles": prepared.n_particles, "chains_simulated": prepared.chains,
         "kept_fixed": [e._asdict() for e in prepared.excluded], "rigid_groups": rigid_rows,
+        "rigid_hinges": hinges,
         "ccc_start": result.ccc_start, "ccc_best_md": result.ccc_best, "best_iteration": result.best_iteration,
         "ccc_minimised": ccc_min, "ccc_final": ccc_final, "final_model": final_label,
         "clashes_before": clashes_before, "clashes_after": clashes_after,

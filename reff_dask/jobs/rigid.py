@@ -47,9 +47,46 @@ def _row(res: RigidResult, names: list[str], xyz0: np.ndarray, labels: np.ndarra
     return rows
 
 
+#: Backbone links between consecutive residues: (atom of the first, atom of the second).
+_LINKS = (("C", "N"), ("O3'", "P"))
+#: A link longer than this (A) in the input is a chain break, not a hinge.
+_LINK_MAX_A = 2.0
+
+
+def hinge_bonds(structure, labels: np.ndarray, names: list[str]) -> list[dict]:
+    """Backbone links (peptide C-N, phosphodiester O3'-P) whose two atoms lie in different rigid
+    groups (or one in a group, one held): where a rigid move stretches the chain. Atom indices
+    ``i``, ``j`` in package atom order; ``input_A``: the link's length in ``structure``."""
+    out = []
+    a = 0
+    for ch in structure[0]:
+        prev, prev_start = None, 0
+        for res in ch:
+            if prev is not None:
+                for x, y in _LINKS:
+                    i = next((prev_start + k for k, at in enumerate(prev) if at.name == x), None)
+                    j = next((a + k for k, at in enumerate(res) if at.name == y), None)
+                    if i is None or j is None or labels[i] == labels[j]:
+                        continue
+                    d = prev[i - prev_start].pos.dist(res[j - a].pos)
+                    if d <= _LINK_MAX_A:
+                        gi, gj = (names[g] if g >= 0 else "held" for g in (labels[i], labels[j]))
+                        out.append({"bond": f"{ch.name}/{prev.name}{prev.seqid.num} {x} - {res.name}{res.seqid.num} {y}",
+                                    "groups": f"{gi} | {gj}", "i": i, "j": j, "input_A": round(d, 3)})
+            prev, prev_start = res, a
+            a += len(res)
+    return out
+
+
+def bond_lengths(hinges: list[dict], xyz: np.ndarray) -> list[float]:
+    """Lengths (A) of the hinge links at positions ``xyz`` (package atom order)."""
+    return [round(float(np.linalg.norm(xyz[h["i"]] - xyz[h["j"]])), 3) for h in hinges]
+
+
 def run_rigid(m, structure, atoms, resolution: float, groups: list[str] | None, model_path: str
-              ) -> tuple[np.ndarray, list[dict], list[dict]]:
-    """Rigid stage: moved positions (A), one report row per group, the E/M history."""
+              ) -> tuple[np.ndarray, list[dict], list[dict], list[dict]]:
+    """Rigid stage: moved positions (A), one report row per group, the E/M history, and the
+    backbone links between groups with their lengths before and after (``rigid_A``)."""
     labels, names = group_labels(structure, atoms, groups, model_path)
     _say(f"rigid-body EM of {len(names)} group(s): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
     res = rigid_fit(m, atoms.xyz, atoms.weight, labels, RigidSettings(resolution),
@@ -59,7 +96,15 @@ def run_rigid(m, structure, atoms, resolution: float, groups: list[str] | None, 
     rows = _row(res, names, atoms.xyz, labels)
     for r in rows:
         _say(f"  {r['group']}: turned {r['rotation_deg']:.1f} deg, centre moved {r['centre_shift_A']:.2f} A")
-    return res.xyz, rows, res.history
+    hinges = hinge_bonds(structure, labels, names)
+    for h, d in zip(hinges, bond_lengths(hinges, res.xyz)):
+        h["rigid_A"] = d
+    if hinges:
+        worst = max(hinges, key=lambda h: h["rigid_A"])
+        _say(f"{len(hinges)} backbone link(s) join different groups; the longest after the rigid fit: "
+             f"{worst['bond']} {worst['rigid_A']:.2f} A (input {worst['input_A']:.2f}): the flexible stage "
+             "(refine) closes them")
+    return res.xyz, rows, res.history, hinges
 
 
 def run(map_path: str, model_path: str, resolution: float, outdir: str, groups: list[str] | None = None,
@@ -67,12 +112,12 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, groups: 
     """Fit the groups as rigid bodies; write model_rigid.pdb/.cif and report.json."""
     t0 = time.perf_counter()
     inp = load_inputs(map_path, model_path, chunks, resolution)
-    xyz, rows, history = run_rigid(inp.map, inp.structure, inp.atoms, resolution, groups, model_path)
+    xyz, rows, history, hinges = run_rigid(inp.map, inp.structure, inp.atoms, resolution, groups, model_path)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     models = write_structure(updated_structure(inp.structure, xyz=xyz), out / "model_rigid")
     report = {"command": "rigid", "map": str(map_path), "model": str(model_path), "resolution": resolution,
-              "groups": rows, "iterations": history,
+              "groups": rows, "hinges": hinges, "iterations": history,
               "outputs": [p.name for p in models] + ["report.json"], "wall_seconds": time.perf_counter() - t0}
     write_json(out / "report.json", report)
     _say(f"wrote {out}/")
