@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .gmm import kernels as K
-from .gmm.fit import default_sigma_min, em_iteration, initial_state
+from .gmm import mstep
+from .gmm.blockwise import estep
+from .gmm.fit import GMMState, initial_state
 from .gmm.mstep import uniform_sigma
 from .io.maps import Map
 
@@ -62,6 +64,15 @@ def rotation_angle_deg(r: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
 
 
+def _estep(m: Map, xyz: np.ndarray, weight: np.ndarray, state: GMMState):
+    """E-step at the state's widths, and the scale and noise it implies updated in ``state``
+    (widths held: a rigid M-step moves positions only). Returns the E-step and the targets (A)."""
+    es = estep(m, xyz, state.sigma, K.amplitudes(weight, state.sigma, m.grid.voxel_size, state.scale), state.noise)
+    state.scale = mstep.scale(es.moments, state.scale)
+    state.noise = max(es.noise, 1e-12 * state.scale)
+    return es, mstep.targets(es.moments, xyz)
+
+
 def rigid_fit(m: Map, xyz: np.ndarray, weight: np.ndarray, groups: np.ndarray, settings: RigidSettings,
               progress=None) -> RigidResult:
     """Move each group of atoms (``groups``: label per atom, -1 = fixed) as a rigid body into map
@@ -74,13 +85,11 @@ def rigid_fit(m: Map, xyz: np.ndarray, weight: np.ndarray, groups: np.ndarray, s
     trans = {g: np.zeros(3) for g in labels}
     fine = uniform_sigma(s.resolution)
     widths = np.linspace(uniform_sigma(s.capture * s.resolution), fine, max(s.levels, 1))
-    sigma_min = default_sigma_min(m.grid)
     history = []
     for level, width in enumerate(widths):
         state = initial_state(m, xyz, weight, np.full(len(xyz), width))
         for it in range(s.iterations):
-            state, es, targets = em_iteration(m, xyz, weight, state, sigma_min, 2.5 * width + 10.0)
-            state.sigma[:] = width  # widths held: only the positions move
+            es, targets = _estep(m, xyz, weight, state)
             w = es.moments[:, K.M_W]
             moved = {}
             for g in labels:
