@@ -149,6 +149,31 @@ def jobqueue_cluster(kind: str, settings: JobQueueSettings | None = None):
     return cls(**kw)
 
 
+def check_submission(kind: str, cluster) -> None:
+    """SLURM: ``sbatch --test-only`` on the worker job script, so a request the cluster cannot
+    grant (memory, cores, partition, time limit) stops the job at once with SLURM's own reason,
+    before anything is queued, instead of waiting for workers that never come. PBS has no
+    dry run: nothing is checked."""
+    if kind != "slurm":
+        return
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("sbatch") is None:
+        raise InputError("--cluster slurm", "sbatch is not on PATH: run on a SLURM login node (or a host "
+                                            "with the SLURM client commands and its configuration)")
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="reff-dask-job-") as f:
+        f.write(cluster.job_script())
+        f.flush()
+        r = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True)
+    if r.returncode != 0:
+        why = "; ".join(line.removeprefix("sbatch: error: ") for line in r.stderr.strip().splitlines()[-3:])
+        raise InputError("--cluster slurm", f"SLURM refuses the worker job ({why or 'sbatch --test-only failed'}); "
+                                            "check --queue, --job-cores, --job-memory and --walltime "
+                                            "against the partition (sinfo)")
+
+
 #: The per-iteration atom table (40 bytes per atom) travels in the task graph on purpose: a
 #: graph key can be recomputed when the worker holding it is lost, scattered data cannot.
 #: Dask warns from 10 MB on (a 250k-atom model); warn only from 1 GiB.
@@ -250,6 +275,7 @@ def _client(scheduler: str | None, workers: int | None, threads_per_worker: int,
     if cluster in ("slurm", "pbs"):
         s = jobqueue or JobQueueSettings()
         with jobqueue_cluster(cluster, s) as jq, Client(jq) as client:
+            check_submission(cluster, jq)
             jq.scale(jobs=s.jobs)
             client.wait_for_workers(1, timeout=s.wait_seconds)
             yield client
