@@ -325,12 +325,13 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
 
 
 def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: PreparedModel,
-             settings: RefineSettings, rounds: list | None = None) -> np.ndarray:
+             settings: RefineSettings, rounds: list | None = None, progress=None) -> np.ndarray:
     """Final stage: from the best model of ``result``, rounds of (E/M step at the current
     positions -> energy minimisation of the whole model, all chains mobile together, well
     depth ``settings.k_final``, default 2/3 k_gmm) until a round moves the atoms less than
     ``settings.final_shift_A`` rms, at most ``settings.final_rounds``; returns input-atom
-    positions (A). ``rounds``, if given, gets one dict per round (rms shift, A).
+    positions (A). ``rounds``, if given, gets one dict per round (rms shift, A, and seconds);
+    ``progress`` is called with each of them as the round ends.
 
     The best model is an MD frame, thermal noise included (twisted peptides, rings out of
     plane); targets computed at such a frame sit partly on its distortions, so one
@@ -344,6 +345,7 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
     k = settings.k_final if settings.k_final is not None else settings.k_gmm * 2.0 / 3.0
     runner = ChainRunner(prepared, replace(settings, k_gmm=k), run_id=f"minimise-{id(prepared)}")
     for r in range(max(settings.final_rounds, 1)):
+        t0 = time.perf_counter()
         _, _, targets = position_targets(m, xyz, weight, state, settings)
         targets = _heavy_only(targets, prepared)
         particles = runner.run(particles, targets, well_widths(state, settings), iteration=10**6 + r,
@@ -351,8 +353,11 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
         new, particles = prepared.follow(particles, xyz)
         shift = float(np.sqrt(np.mean(np.sum((new - xyz) ** 2, axis=1))))
         xyz = new
+        row = {"round": r + 1, "shift_rms_A": shift, "seconds": time.perf_counter() - t0}
         if rounds is not None:
-            rounds.append({"round": r + 1, "shift_rms_A": shift})
+            rounds.append(row)
+        if progress is not None:
+            progress(row)
         if not np.isfinite(xyz).all():
             raise NumericalError(f"final minimisation round {r + 1} gave non-finite positions")
         if shift < settings.final_shift_A:

@@ -232,3 +232,24 @@ def test_segment_that_flings_a_particle_away_is_a_blow_up():
     assert _run_healthy(Flung(1.5), start, start, 1.0, 100, 1)
     assert not _run_healthy(Flung(MAX_SEGMENT_MOVE_A * 1.01), start, start, 1.0, 100, 1)
     assert not _run_healthy(Flung(2e12), start, start, 1.0, 100, 1)
+
+
+def test_an_inverted_ca_is_put_back_by_the_chiral_restraint(real_structure):
+    """A CA turned into its mirror image (CB reflected through the N-CA-C plane): AMBER alone keeps
+    the wrong hand (nothing in it knows a hand), the library's chiral-volume term restores it."""
+    st = _piece(real_structure, "A", 1, 12)
+    res = st[0]["A"][5]
+    n, ca, c, cb = (np.array(res[x][0].pos.tolist()) for x in ("N", "CA", "C", "CB"))
+    normal = np.cross(n - ca, c - ca)
+    normal /= np.linalg.norm(normal)
+    new = cb - 2 * np.dot(cb - ca, normal) * normal
+    side = [at for at in res if at.name not in ("N", "CA", "C", "O")]
+    shift = new - cb
+    for at in side:  # the whole side chain goes with its CB
+        at.pos = gemmi.Position(*(np.array(at.pos.tolist()) + shift))
+    assert validate_geometry(st, clashes=False).overall["chiral_outliers"] == 1
+    prep = prepare_model(st, "amber14", None)
+    assert prep.library_terms["chiral_terms"] == sum(1 for r in st[0]["A"] if r.name != "GLY") + sum(
+        1 for r in st[0]["A"] if r.name in ("ILE", "THR"))
+    assert validate_geometry(_minimised(st, library=False), clashes=False).overall["chiral_outliers"] == 1
+    assert validate_geometry(_minimised(st, library=True), clashes=False).overall["chiral_outliers"] == 0

@@ -124,7 +124,11 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
                               run_meta=run_meta, resume=resume, progress=_progress)
     t0 = time.perf_counter()
     final_rounds: list[dict] = []
-    xyz_min = minimise(m, result, atoms.weight, prepared, settings, rounds=final_rounds)
+    _say(f"final stage: rounds of targets + minimisation of the whole model ({prepared.n_particles} particles), "
+         f"until a round moves less than {settings.final_shift_A:g} A rms (at most {settings.final_rounds})")
+    xyz_min = minimise(m, result, atoms.weight, prepared, settings, rounds=final_rounds,
+                       progress=lambda r: _say(f"final round {r['round']:2d}: moved {r['shift_rms_A']:.3f} A rms "
+                                               f"({r['seconds']:.1f} s)"))
     ccc_min, _ = model_ccc(m, xyz_min, atoms.weight, uniform_sigma(resolution))
     t_min = time.perf_counter() - t0
     final_xyz, final_label, ccc_final = xyz_min, "best MD, minimised", ccc_min

@@ -23,13 +23,20 @@ import numpy as np
 import openmm
 
 __all__ = ["LibraryTargets", "library_targets", "set_library_equilibria", "add_library_restraints", "PLANE_ENERGY",
-           "OMEGA_ENERGY"]
+           "OMEGA_ENERGY", "CHIRAL_ENERGY"]
 
 #: Distance (nm) of particle 4 from the plane through particles 1-3, as |r34| sin(angle 2-3-4)
 #: sin(dihedral 1-2-3-4), held at 0 by a harmonic term of stiffness k (kJ/mol/nm^2).
 PLANE_ENERGY = ("0.5*k_plane*d^2; d = distance(p3, p4)*sin(angle(p2, p3, p4))*sin(dihedral(p1, p2, p3, p4))")
 #: Peptide omega held at the library's value (180 or 0 deg): ~ 0.5 k dtheta^2 near it, k = kT / esd^2.
 OMEGA_ENERGY = "k_omega*(1 - cos(theta - omega0))"
+#: Signed chiral volume (a1 - c) . ((a2 - c) x (a3 - c)) of a centre c (particle 1) held at the
+#: library's (gemmi's convention, as validation counts inversions), nm^3.
+CHIRAL_ENERGY = ("0.5*k_chir*(v - v0)^2; v = ax*(by*cz - bz*cy) - ay*(bx*cz - bz*cx) + az*(bx*cy - by*cx); "
+                 "ax = x2 - x1; ay = y2 - y1; az = z2 - z1; bx = x3 - x1; by = y3 - y1; bz = z3 - z1; "
+                 "cx = x4 - x1; cy = y4 - y1; cz = z4 - z1")
+#: Chiral volume esd (A^3), Refmac's and servalcat's default for the library's chiral centres.
+CHIRAL_ESD_A3 = 0.2
 
 
 def omega_stiffness(resolution_A: float | None) -> float:
@@ -45,12 +52,14 @@ def omega_stiffness(resolution_A: float | None) -> float:
 class LibraryTargets(NamedTuple):
     """Restraint targets keyed by input atom indices: bonds {(i, j): (length A, esd A)},
     angles {(i, j, k): (deg, esd deg)}, planes [(atoms, esd A)], peptide omegas
-    [((CA, C, N, CA), deg, esd deg)] (180 for TRANS links, 0 for CIS)."""
+    [((CA, C, N, CA), deg, esd deg)] (180 for TRANS links, 0 for CIS), chiral centres
+    [((centre, a1, a2, a3), signed ideal volume A^3)] (centres of either hand left out)."""
 
     bonds: dict[tuple[int, int], tuple[float, float]]
     angles: dict[tuple[int, int, int], tuple[float, float]]
     planes: list[tuple[list[int], float]]
     omegas: list[tuple[list[int], float, float]]
+    chirals: list[tuple[list[int], float]] = []
 
 
 def library_targets(structure: gemmi.Structure, monlib: str | None = None) -> LibraryTargets:
@@ -99,7 +108,14 @@ def library_targets(structure: gemmi.Structure, monlib: str | None = None) -> Li
               if len(p.atoms) >= 4 and not any(x.serial - 1 in skip for x in p.atoms)]
     omegas = [([x.serial - 1 for x in t.atoms], float(t.restr.value), float(t.restr.esd)) for t in topo.torsions
               if t.restr.label == "omega" and not any(x.serial - 1 in skip for x in t.atoms)]
-    return LibraryTargets(bonds, angles, planes, omegas)
+    chirals = []
+    for c in topo.chirs:
+        if c.restr.sign == gemmi.ChiralityType.Both or any(x.serial - 1 in skip for x in c.atoms):
+            continue
+        v = topo.ideal_chiral_abs_volume(c)
+        sign = 1.0 if c.restr.sign == gemmi.ChiralityType.Positive else -1.0
+        chirals.append(([x.serial - 1 for x in c.atoms], sign * float(v)))
+    return LibraryTargets(bonds, angles, planes, omegas, chirals)
 
 
 #: kT at 300 K, kJ/mol
@@ -170,7 +186,10 @@ def add_library_restraints(system: openmm.System, particle_atom: np.ndarray, tar
       guanidinium, bases; esd 0.02 A): every atom but three spread reference atoms gets a
       harmonic term on its distance from their plane (AMBER's impropers are ~1/100 as stiff);
     * peptide omega (CA-C-N-CA, esd 5 deg), which the heavy-atom planes leave free (the
-      library's second peptide plane holds it through the amide H).
+      library's second peptide plane holds it through the amide H);
+    * chiral volumes (CA of every amino acid, CB of Ile and Thr, sugar carbons; esd 0.2 A^3):
+      AMBER has no term that keeps a centre's hand, and at low resolution the wells can pull
+      a CA through its plane (GroEL at 7 A: 4 CA inverted in 14 chains without this term).
 
     ``omega`` scales the omega terms' stiffness (see :func:`omega_stiffness`). Returns the
     number of terms added, by kind."""
@@ -204,7 +223,18 @@ def add_library_restraints(system: openmm.System, particle_atom: np.ndarray, tar
             continue
         omegas.addTorsion(*ps, [omega * stiffness * KT / math.radians(max(esd, 1.0)) ** 2,
                                 math.radians(value)])
-    for f in (planes, omegas):
+    chirals = openmm.CustomCompoundBondForce(4, CHIRAL_ENERGY)
+    chirals.addPerBondParameter("k_chir")
+    chirals.addPerBondParameter("v0")
+    chirals.setName("LibraryChirality")
+    k_chir = stiffness * KT / (CHIRAL_ESD_A3 * 1e-3) ** 2
+    for atoms, v0 in targets.chirals:
+        ps = particles(atoms)
+        if min(ps) < 0:
+            continue
+        chirals.addBond(ps, [k_chir, v0 * 1e-3])
+    for f in (planes, omegas, chirals):
         if f.getNumBonds() if isinstance(f, openmm.CustomCompoundBondForce) else f.getNumTorsions():
             system.addForce(f)
-    return {"plane_terms": planes.getNumBonds(), "omega_terms": omegas.getNumTorsions()}
+    return {"plane_terms": planes.getNumBonds(), "omega_terms": omegas.getNumTorsions(),
+            "chiral_terms": chirals.getNumBonds()}
