@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import gemmi
 import numpy as np
 import pytest
 
@@ -200,3 +201,33 @@ def test_groel_apical_hinge_comes_back_with_automatic_domains(shared_case):
         assert rms(res.xyz, sel) <= 2.0, c
     others = ca & ~np.isin(chain, list("AB"))
     assert rms(res.xyz, others) < 1.5
+
+
+@pytest.mark.slow
+def test_md_system_keeps_the_links_a_rigid_move_opened(real_structure):
+    """A rigid move of part of a chain stretches the peptide bond where it meets the rest; the MD
+    system built with ``links_from`` (the model before the move) keeps that bond, so MD closes it,
+    instead of splitting the chain there into two charged termini."""
+    from reff_dask.md.prepare import prepare_model
+
+    st = real_structure.clone()
+    st.remove_ligands_and_waters()
+    for name in [c.name for c in st[0] if c.name != "A"]:
+        st[0].remove_chain(name)
+    ch = st[0]["A"]
+    for i in range(len(ch) - 1, -1, -1):
+        if ch[i].seqid.num > 30:
+            del ch[i]
+    st.setup_entities()
+    moved = st.clone()
+    for res in moved[0]["A"]:
+        if res.seqid.num > 15:
+            for at in res:
+                at.pos = gemmi.Position(at.pos.x + 2.5, at.pos.y, at.pos.z)
+    split = prepare_model(moved, "amber14", None)
+    kept = prepare_model(moved, "amber14", None, links_from=st)
+    assert len(list(split.topology.chains())) == 2
+    assert len(list(kept.topology.chains())) == 1
+    names = {(a.residue.id, a.name): a.index for a in kept.topology.atoms()}
+    c15, n16 = names[("15", "C")], names[("16", "N")]
+    assert any({b[0].index, b[1].index} == {c15, n16} for b in kept.topology.bonds())

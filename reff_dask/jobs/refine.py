@@ -88,7 +88,8 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     _say(f"map {m.grid.shape[::-1]} voxels in {m.data.npartitions} chunks; model {len(atoms)} atoms, "
          f"chains {atoms.chain_names}")
     t0 = time.perf_counter()
-    prepared = prepare_model(st, forcefield, implicit, monlib=monlib, resolution_A=resolution)
+    prepared = prepare_model(st, forcefield, implicit, monlib=monlib, resolution_A=resolution,
+                             links_from=st_input if rigid else None)
     t_prepare = time.perf_counter() - t0
     if prepared.n_riders:
         _say(f"{prepared.n_riders} input atoms of simulated residues have no MD particle (5' phosphates, "

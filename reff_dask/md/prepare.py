@@ -372,6 +372,7 @@ def prepare_model(
     library_geometry: bool = True,
     monlib: str | None = None,
     resolution_A: float | None = None,
+    links_from: gemmi.Structure | None = None,
 ) -> PreparedModel:
     """Build the OpenMM model for ``structure`` (positions in Angstrom).
 
@@ -397,6 +398,9 @@ def prepare_model(
         0.2 A before a MolProbity clash between heavy atoms (and hydrogens, when the model has them) (:func:`.shield.add_contact_wall`);
         ``monlib`` names a fuller library than the bundled one; ``resolution_A`` (the map's)
         stiffens the omega restraints beyond 3.5 A (:func:`.ideal.omega_stiffness`).
+    links_from : a model with the same atoms whose chain breaks and residue links count instead
+        of ``structure``'s (``refine --rigid``: the model before the rigid stage, which opened
+        the backbone where two groups meet; the MD system keeps those bonds and closes them).
     """
     from pdbfixer import PDBFixer
 
@@ -418,7 +422,7 @@ def prepare_model(
     model = structure[0]
     forced_out: set[tuple[int, int]] = set()
     for _round in range(max_rounds + 1):
-        segs = _segments(structure, forced_out)
+        segs = _segments(links_from if links_from is not None else structure, forced_out)
         if not segs:
             raise ValueError("no residue of the model can be simulated")
         text, written, seg_of = _write_segments(structure, segs, atom_index)
@@ -504,7 +508,7 @@ def prepare_model(
             particle_chain[a.index] = chain_names[ci]
     n_library = {}
     if library_geometry:
-        targets = library_targets(structure, monlib)
+        targets = library_targets(links_from if links_from is not None else structure, monlib)
         n_library = set_library_equilibria(system, particle_atom, targets)
         n_library.update(add_library_restraints(system, particle_atom, targets, pos_A,
                                                 omega=omega_stiffness(resolution_A)))
