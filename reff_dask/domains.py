@@ -6,9 +6,9 @@ Laplacian's Fiedler vector and the chain is cut at the point of that order where
 contacts cross the cut for the contacts inside the smaller part (a spectral sweep cut, the
 partition Cheeger's inequality bounds; both parts at least ``MIN_RESIDUES``), when that
 cut is weak: the crossing contacts are fewer than ``MAX_CUT_RATIO`` of the smaller part's
-internal ones. Parts are cut again the same way. Runs shorter than ``MIN_RUN`` residues along the sequence join the domain of their
-neighbours, so a domain is a few long segments (GroEL's subunit: equatorial, intermediate and
-apical domains). Pure numpy on coordinates; no map.
+internal ones. Parts are cut again the same way. Runs shorter than ``MIN_RUN`` residues along
+the sequence join the domain of their neighbours, so a domain is a few long segments (GroEL's
+subunit: equatorial, intermediate and apical domains). Pure numpy on coordinates; no map.
 """
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ def split_residues(points: np.ndarray) -> np.ndarray:
         sub = adj[np.ix_(idx, idx)]
         if np.any(sub.sum(axis=1) == 0):
             sub = sub + 1e-6  # isolated residues: keep the Laplacian connected
-        t, ratio = sweep_cut(sub, _fiedler(sub))
+        fiedler = _fiedler(sub)
+        t, ratio = sweep_cut(sub, fiedler)
         if t is None or ratio > MAX_CUT_RATIO:
             continue
-        order = np.argsort(_fiedler(sub), kind="stable")
+        order = np.argsort(fiedler, kind="stable")
         a, b = idx[np.sort(order[:t])], idx[np.sort(order[t:])]
         label[b] = next_label
         next_label += 1
