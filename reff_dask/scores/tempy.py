@@ -45,7 +45,7 @@ from scipy import ndimage
 
 from ..gmm import kernels as K
 from .loqfit import NOTE_CAP, NOTE_NONE, NOTE_NYQUIST
-from .residues import LINK_MAX
+from .residues import _kind, _linked
 from .smoc import smoc_window
 
 #: TEMPy's masses, by the first letter of the atom name; any other letter weighs 1.
@@ -106,14 +106,6 @@ def model_atoms(st: gemmi.Structure, conv: TempyConvention) -> tuple[gemmi.Struc
     return st, np.array(xyz, float).reshape(-1, 3), np.array(w, float)
 
 
-def _bonded(prev: gemmi.Residue, res: gemmi.Residue) -> bool:
-    for a, b in (("C", "N"), ("O3'", "P")):
-        pa, pb = prev.find_atom(a, "*"), res.find_atom(b, "*")
-        if pa is not None and pb is not None and pa.pos.dist(pb.pos) <= LINK_MAX:
-            return True
-    return False
-
-
 def residues(st: gemmi.Structure, window: int, conv: TempyConvention) -> TempyResidues:
     """TEMPy's residue list of the first model, with SMOC windows of ``window`` residues.
 
@@ -144,18 +136,15 @@ def residues(st: gemmi.Structure, window: int, conv: TempyConvention) -> TempyRe
     nums_all, centres = [], []
     for chain, nums in by_chain.items():
         order = list(nums)
-        contig = []
+        breaks = [0]
+        for p, n in zip(order, order[1:]):
+            last, first = ends[chain][p][1], ends[chain][n][0]
+            brk = (p + 1 != n) if conv.number_windows else not _linked(last, _kind(last), first, _kind(first))
+            breaks.append(breaks[-1] + int(brk))
+        contig = np.array(breaks)  # contig number per residue, non-decreasing
         for i, n in enumerate(order):
-            if i == 0:
-                contig.append(0)
-                continue
-            p = order[i - 1]
-            brk = (p + 1 != n) if conv.number_windows else not _bonded(ends[chain][p][1], ends[chain][n][0])
-            contig.append(contig[-1] + int(brk))
-        contig_arr = np.array(contig)
-        for i, n in enumerate(order):
-            same = np.nonzero(contig_arr == contig_arr[i])[0]
-            lo, hi = max(i - half, int(same[0])), min(i + half, int(same[-1]))
+            lo = max(i - half, int(np.searchsorted(contig, contig[i], "left")))
+            hi = min(i + half, int(np.searchsorted(contig, contig[i], "right")) - 1)
             out.window.append(np.concatenate([nums[order[k]] for k in range(lo, hi + 1)]).astype(np.int64))
             out.atoms.append(np.array(nums[n], np.int64))
             out.chain.append(chain)
