@@ -9,6 +9,7 @@ import numpy as np
 
 from ..io.models import updated_structure, write_structure
 from ..domains import auto_domains
+from ..scores.residues import LINK_MAX
 from ..rigid import RigidResult, RigidSettings, rigid_fit, rotation_angle_deg
 from .common import progress, write_json
 from .inputs import load_inputs
@@ -49,8 +50,6 @@ def _row(res: RigidResult, names: list[str], xyz0: np.ndarray, labels: np.ndarra
 
 #: Backbone links between consecutive residues: (atom of the first, atom of the second).
 _LINKS = (("C", "N"), ("O3'", "P"))
-#: A link longer than this (A) in the input is a chain break, not a hinge.
-_LINK_MAX_A = 2.0
 
 
 def hinge_bonds(structure, labels: np.ndarray, names: list[str]) -> list[dict]:
@@ -69,7 +68,7 @@ def hinge_bonds(structure, labels: np.ndarray, names: list[str]) -> list[dict]:
                     if i is None or j is None or labels[i] == labels[j]:
                         continue
                     d = prev[i - prev_start].pos.dist(res[j - a].pos)
-                    if d <= _LINK_MAX_A:
+                    if d <= LINK_MAX:  # longer in the input: a chain break, not a hinge
                         gi, gj = (names[g] if g >= 0 else "held" for g in (labels[i], labels[j]))
                         out.append({"bond": f"{ch.name}/{prev.name}{prev.seqid.num} {x} - {res.name}{res.seqid.num} {y}",
                                     "groups": f"{gi} | {gj}", "i": i, "j": j, "input_A": round(d, 3)})
