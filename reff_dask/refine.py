@@ -25,7 +25,7 @@ from .io.maps import Map
 from .md.force import default_k_gmm
 from .md.placement import group_chains
 from .md.prepare import PreparedModel
-from .md.simulate import run_chain_segment
+from .md.simulate import clear_cache, run_chain_segment
 
 
 @dataclass
@@ -177,6 +177,21 @@ class ChainRunner:
                 self._place(self._workers)
         raise AssertionError("unreachable")
 
+    @property
+    def minimise_tasks(self) -> list:
+        """The tasks of a minimisation of every chain (the start relaxation, the final stage): the
+        whole model in one task ([None]) where the chains make one group, else the groups, each
+        with its neighbours fixed at their positions from before the round (no task holds the
+        whole system of an assembly: GroEL's 14-mer is 109k particles, 4 GB in one worker)."""
+        return [None] if len(self.groups) == 1 else list(self.groups)
+
+    def close(self) -> None:
+        """Forget this runner's cached simulations, in this process or on every worker."""
+        if self.client is None:
+            clear_cache(self.run_id)
+        else:
+            self.client.run(clear_cache, self.run_id)
+
     def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
             preset: str | None = None, chains: list | None = None) -> np.ndarray:
         """New positions of all MD particles (A) after one segment of every group of chains
@@ -274,8 +289,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         # each input atom held in a well at its start position; iteration 0 is the relaxed start
         t0 = time.perf_counter()
         particles = runner.run(particles, _heavy_only(xyz, prepared), well_widths(state, s), iteration=0,
-                               preset="minimise",
-                               chains=[None])
+                               preset="minimise", chains=runner.minimise_tasks)
         xyz, particles = prepared.follow(particles, xyz)
         t1 = time.perf_counter()
         ccc_relaxed, _ = model_ccc(m, xyz, weight, s_uniform)
@@ -318,6 +332,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
                             {"run": run_meta, "iteration": it, "best_ccc": best["ccc"],
                              "best_scale": best["state"].scale, "best_noise": best["state"].noise,
                              "best_iteration": best["iteration"], "history": history, "ccc_start": ccc0})
+    runner.close()
     total = time.perf_counter() - t_start
     # wall time of this process (a resumed run counts only its own part)
     timing = {"gmm_seconds": t_gmm, "md_seconds": t_md, "overhead_seconds": max(total - t_gmm - t_md, 0.0)}
@@ -327,8 +342,8 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
 def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: PreparedModel,
              settings: RefineSettings, rounds: list | None = None, progress=None) -> np.ndarray:
     """Final stage: from the best model of ``result``, rounds of (E/M step at the current
-    positions -> energy minimisation of the whole model, all chains mobile together, well
-    depth ``settings.k_final``, default 2/3 k_gmm) until a round moves the atoms less than
+    positions -> energy minimisation of every chain, well depth ``settings.k_final``, default
+    2/3 k_gmm) until a round moves the atoms less than
     ``settings.final_shift_A`` rms, at most ``settings.final_rounds``; returns input-atom
     positions (A). ``rounds``, if given, gets one dict per round (rms shift, A, and seconds);
     ``progress`` is called with each of them as the round ends.
@@ -339,7 +354,12 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
     positions, so the force field's relaxation is not pulled back; the rounds are an EM of
     their own, without thermal noise, and much of the accuracy comes from them (5ME2 ->
     EMD-3488: CA RMSD to 5NI1 0.503 after 3 rounds, 0.492 after 8, from the same MD model;
-    BENCHMARKS.md)."""
+    BENCHMARKS.md).
+
+    The minimisation is one task of the whole model where the MD stage runs one group of chains
+    (in-process, or ``md_groups=1``), else one task per group (:attr:`ChainRunner.minimise_tasks`),
+    all at once, each against its neighbours as they were at the round's start: interfaces
+    between groups are relaxed from both sides in turn, and the rounds go on until nothing moves."""
     xyz, state = result.xyz, result.state
     particles = result.particles.copy()
     k = settings.k_final if settings.k_final is not None else settings.k_gmm * 2.0 / 3.0
@@ -349,7 +369,7 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
         _, _, targets = position_targets(m, xyz, weight, state, settings)
         targets = _heavy_only(targets, prepared)
         particles = runner.run(particles, targets, well_widths(state, settings), iteration=10**6 + r,
-                               preset="minimise", chains=[None])
+                               preset="minimise", chains=runner.minimise_tasks)
         new, particles = prepared.follow(particles, xyz)
         shift = float(np.sqrt(np.mean(np.sum((new - xyz) ** 2, axis=1))))
         xyz = new
@@ -362,4 +382,5 @@ def minimise(m: Map, result: RefineResult, weight: np.ndarray, prepared: Prepare
             raise NumericalError(f"final minimisation round {r + 1} gave non-finite positions")
         if shift < settings.final_shift_A:
             break
+    runner.close()
     return xyz

@@ -125,7 +125,9 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
                               run_meta=run_meta, resume=resume, progress=_progress)
     t0 = time.perf_counter()
     final_rounds: list[dict] = []
-    _say(f"final stage: rounds of targets + minimisation of the whole model ({prepared.n_particles} particles), "
+    what = (f"the whole model ({prepared.n_particles} particles)" if len(groups) == 1 else
+            f"each of the {len(groups)} groups of chains, its neighbours fixed")
+    _say(f"final stage: rounds of targets + minimisation of {what}, "
          f"until a round moves less than {settings.final_shift_A:g} A rms (at most {settings.final_rounds})")
     xyz_min = minimise(m, result, atoms.weight, prepared, settings, rounds=final_rounds,
                        progress=lambda r: _say(f"final round {r['round']:2d}: moved {r['shift_rms_A']:.3f} A rms "
@@ -134,7 +136,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     t_min = time.perf_counter() - t0
     final_xyz, final_label, ccc_final = xyz_min, "best MD, minimised", ccc_min
     _say(f"CCC {result.ccc_start:.4f} -> {result.ccc_best:.4f} (best MD, iteration {result.best_iteration}), "
-         f"{ccc_min:.4f} after the final stage ({len(final_rounds)} rounds of targets + whole-model "
+         f"{ccc_min:.4f} after the final stage ({len(final_rounds)} rounds of targets + "
          f"minimisation, last moved {final_rounds[-1]['shift_rms_A']:.3f} A rms)")
 
     # per-atom widths (B) at the final positions: the per-atom phase of the B stage from its widths
