@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import threading
 import time
 
 import numpy as np
@@ -37,32 +35,12 @@ from _machine import DATA, MODEL, machine  # noqa: E402  (benchmarks/ is on sys.
 GROEL = DATA.parent / "emd_1997_groel"
 
 
-def rss_gib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 1024**3
-
-
-class PeakWorkerMemory:
-    """Polls every worker's resident memory (GiB) every ``every`` s and keeps the largest."""
-
-    def __init__(self, client, every: float = 2.0):
-        self.client, self.every, self.peak = client, every, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self):
-        while not self._stop.wait(self.every):
-            try:
-                self.peak = max([self.peak, *self.client.run(rss_gib).values()])
-            except Exception:  # a worker between states: poll again
-                pass
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
+def vm_hwm_gib() -> float:
+    """This process's peak resident memory (GiB), VmHWM (see BENCHMARKS.md, Conventions)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return float("nan")
 
 
 def build_times(prepared, chains, repeats: int = 1) -> dict:
@@ -110,20 +88,19 @@ def main() -> None:
         s = RefineSettings(7.0, preset="fast", max_iterations=a.iterations, patience=10 * a.iterations,
                            final_rounds=a.final_rounds, final_shift_A=0.0, threads=1)
         with dask_client(workers=w) as client:
-            mem = PeakWorkerMemory(client)
             t0 = time.perf_counter()
             res = refine_positions(m, atoms.xyz, atoms.weight, state, prep, s)
             t_stage = time.perf_counter() - t0
             rounds: list[dict] = []
             minimise(m, res, atoms.weight, prep, s, rounds=rounds)
-            peak = mem.stop()
+            peak = max(client.run(vm_hwm_gib).values())
         md = [h["md_seconds"] for h in res.history]
         row = {"workers": w, "groups": md_groups(prep, w), "md_s_per_iteration": md,
                "gmm_s_per_iteration": [h["gmm_seconds"] for h in res.history],
                "relaxation_s": res.timing["md_seconds"] - sum(md),
                "client_overhead_s": res.timing["overhead_seconds"], "md_stage_s": t_stage,
                "final_round_s": [r["seconds"] for r in rounds],
-               "worker_peak_gib": peak, "client_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+               "worker_peak_gib": peak, "client_peak_gib": vm_hwm_gib(),
                "ccc": [h["ccc"] for h in res.history]}
         out["runs"].append(row)
         print(json.dumps(row), flush=True)
