@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from contextlib import contextmanager
 
 from .errors import InputError, NumericalError
 
@@ -95,6 +96,18 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     j.add_argument("--job-prologue", action="append", default=[],
                    help="shell line run before the worker starts, e.g. 'source ~/venv/bin/activate' (repeat)")
     j.add_argument("--no-tls", action="store_true", help="plain TCP between the batch jobs (default: TLS)")
+
+
+@contextmanager
+def _cluster(args, size: tuple[int, int]):
+    """The job's Dask client (None in-process): :func:`.cluster.dask_client`, saying where the job
+    runs and, on a cluster, where its dashboard is."""
+    from .cluster import dashboard_line, dask_client
+
+    with dask_client(**_cluster_kw(args, size)) as client:
+        if client is not None:
+            print(f"[{args.command}] {dashboard_line(client)}", file=sys.stderr, flush=True)
+        yield client
 
 
 def _cluster_kw(args, size: tuple[int, int]) -> dict:
@@ -314,13 +327,12 @@ def main(argv: list[str] | None = None) -> int:
 
             validate.run(args.model, args.outdir, args.monlib)
             return 0
-        from .cluster import dask_client
 
         if args.command == "bfactor":
             from .jobs import bfactor
 
             settings = _bsettings(args, args.resolution)
-            with dask_client(**_cluster_kw(args, size)):
+            with _cluster(args, size):
                 bfactor.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks)
             return 0
         if args.command == "refine":
@@ -329,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rs = _settings(RefineSettings, args.resolution, args)
             implicit = None if args.implicit.lower() == "none" else args.implicit
-            with dask_client(**_cluster_kw(args, size)):
+            with _cluster(args, size):
                 refine.run(args.map, args.model, args.resolution, args.outdir, rs, _bsettings(args, args.resolution),
                            args.forcefield, implicit, args.chunks, args.resume, monlib=args.monlib, rigid=args.rigid,
                            convention=args.convention)
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rigid":
             from .jobs import rigid
 
-            with dask_client(**_cluster_kw(args, size)):
+            with _cluster(args, size):
                 rigid.run(args.map, args.model, args.resolution, args.outdir, args.group, args.chunks)
             return 0
         if args.command in ("segment", "composite"):
@@ -346,13 +358,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "segment":
                 from .jobs import segment
 
-                with dask_client(**_cluster_kw(args, size)):
+                with _cluster(args, size):
                     segment.run(args.map, args.model, args.resolution, args.outdir, settings, args.group,
                                 args.use_model_b, args.threshold, args.chunks, args.keep_zarr)
                 return 0
             from .jobs import composite
 
-            with dask_client(**_cluster_kw(args, size)):
+            with _cluster(args, size):
                 composite.run(args.map, args.model, args.resolution, args.output, settings, args.use_model_b,
                               not args.no_resample, args.match_scale, args.chunks)
             return 0
@@ -362,14 +374,14 @@ def main(argv: list[str] | None = None) -> int:
 
             settings = ScoreSettings(window=args.window, loqfit_cap=args.loqfit_cap, contour=args.contour,
                                      qscore_sigma=args.qscore_sigma, convention=args.convention)
-            with dask_client(**_cluster_kw(args, size)):
+            with _cluster(args, size):
                 score.run(args.map, args.model, args.resolution, args.outdir, settings, args.chunks, args.half_maps)
             return 0
         if args.command == "ensemble":
             from .jobs import ensemble
 
             implicit = None if args.implicit.lower() == "none" else args.implicit
-            with dask_client(**_cluster_kw(args, size)):
+            with _cluster(args, size):
                 ensemble.run(args.map, args.model, args.resolution, args.outdir, _ensemble_settings(args),
                              args.forcefield, implicit, args.chunks)
             return 0

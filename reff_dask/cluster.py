@@ -234,6 +234,18 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         yield client
 
 
+def dashboard_line(client: Client) -> str:
+    """Where the cluster's Dask dashboard is (task stream, worker memory, progress of every
+    computation), or why there is none: the scheduler serves it only with bokeh installed."""
+    try:
+        served = "dashboard" in client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001 (an old or unusual scheduler: say what is known)
+        served = False
+    if served:
+        return f"Dask dashboard: {client.dashboard_link}"
+    return "Dask dashboard: not served (the scheduler has no bokeh; pip install 'reff-dask[dashboard]')"
+
+
 @contextmanager
 def _children_ignore_sigint() -> Iterator[None]:
     """Worker processes started inside this block ignore SIGINT (they inherit SIG_IGN).

@@ -34,6 +34,7 @@ def test_bfactor_writes_model_map_report_plot(bfactor_run, model_path, real_atom
     for name in ("model_bfactor.pdb", "model_bfactor.cif", "simulated.mrc", "report.json", "bfactor.png"):
         assert (out / name).stat().st_size > 0, name
     assert "iteration" in r.stderr  # progress shown
+    assert "[bfactor] Dask dashboard: http://" in r.stderr  # where to watch the cluster
     report = json.loads((out / "report.json").read_text())
     assert report["ccc_refined_b"] > report["ccc_uniform_b"] + 0.02
     assert len(report["iterations"]) == 40
@@ -126,3 +127,16 @@ def test_help_states_the_settings_defaults(job, cls):
             assert got == want, (job, field, m.group(1), want)
             checked += 1
     assert checked >= 3, (job, checked)
+
+
+def test_dashboard_line_points_at_a_served_dashboard():
+    """On a cluster the job prints where its Dask dashboard is, and the address answers."""
+    import urllib.request
+
+    from reff_dask.cluster import dashboard_line, dask_client
+
+    with dask_client(workers=1) as client:
+        line = dashboard_line(client)
+        assert line.startswith("Dask dashboard: http://")
+        with urllib.request.urlopen(line.split(": ", 1)[1], timeout=60) as page:
+            assert page.status == 200

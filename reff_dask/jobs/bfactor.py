@@ -18,13 +18,23 @@ from ..io.models import sigma_to_b, updated_structure, write_structure
 from ..plots import bfactor_plot
 from .inputs import atoms_at_cap, b_cap_warning, load_inputs
 from .view import enclosing_level, write_view
-from .common import grid_dict, write_json
+from .common import grid_dict, progress, write_json
 
 
-def _progress(row: dict) -> None:
-    print(f"[bfactor] iteration {row['iteration']:3d} ({row['phase']:7s})  CCC {row['ccc']:.4f}  "
-          f"E {row['noise']:.4g}  median B {row['median_b']:6.1f} A^2  ({row['seconds']:.2f} s)",
-          file=sys.stderr, flush=True)
+_say = progress("bfactor")
+
+
+def _progress_of(settings: BFactorSettings):
+    """Per-iteration progress: a bar with an ETA (an upper bound: a phase may end early) on a
+    terminal, one line per iteration elsewhere."""
+    total = settings.residue_iterations + settings.iterations
+
+    def show(row: dict) -> None:
+        detail = (f"({row['phase']:7s})  CCC {row['ccc']:.4f}  E {row['noise']:.4g}  median B {row['median_b']:6.1f} A^2")
+        _say.bar("iteration", row["iteration"], total, detail, (total - row["iteration"]) * row["seconds"], "<=",
+                 line=f"iteration {row['iteration']:3d} {detail}  ({row['seconds']:.2f} s)")
+
+    return show
 
 
 def run(map_path: str, model_path: str, resolution: float, outdir: str, settings: BFactorSettings,
@@ -38,7 +48,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
           file=sys.stderr, flush=True)
     s_uniform = uniform_sigma(resolution)
     ccc0, ccc0_mask = model_ccc(m, atoms.xyz, atoms.weight, s_uniform)
-    result = refine_bfactors(m, atoms.xyz, atoms.weight, settings, residue=atoms.residue, progress=_progress)
+    result = refine_bfactors(m, atoms.xyz, atoms.weight, settings, residue=atoms.residue, progress=_progress_of(settings))
     sigma = result.state.sigma
     b = sigma_to_b(sigma)
     inside = np.all((atoms.xyz >= m.grid.origin) & (atoms.xyz <= m.grid.upper), axis=1)

@@ -6,23 +6,81 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TextIO
 
 import numpy as np
 
 from ..io.atomic import write_text
 from ..io.maps import MapGrid
 
-__all__ = ["progress", "grid_dict", "nan_to_none", "write_json"]
+__all__ = ["Progress", "progress", "grid_dict", "nan_to_none", "write_json"]
 
 
-def progress(job: str) -> Callable[[str], None]:
-    """A function that prints one ``[job] text`` line to stderr at once (progress of a long job)."""
+class Progress:
+    """A job's console progress on stderr. ``say(text)`` prints a ``[job] text`` line at once;
+    :meth:`bar` shows how far a stage is: on a terminal one line redrawn in place (a bar where
+    the stage's length is known, the step's own text, an ETA), elsewhere (a log file, a pipe,
+    a batch job's output) the step's plain line, so logs keep one line per step."""
 
-    def say(text: str) -> None:
-        print(f"[{job}] {text}", file=sys.stderr, flush=True)
+    WIDTH = 20
 
-    return say
+    def __init__(self, job: str, stream: TextIO | None = None) -> None:
+        self.job, self._stream, self._open = job, stream, False
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stderr  # looked up at each call
+
+    def __call__(self, text: str) -> None:
+        s = self.stream
+        if self._open:  # a stage's bar stays on screen as its last state
+            s.write("\n")
+            self._open = False
+        s.write(f"[{self.job}] {text}\n")
+        s.flush()
+
+    def bar(self, stage: str, done: int, total: int | None, detail: str, eta_s: float | None = None,
+            eta_bound: str = "~", line: str | None = None) -> None:
+        """Step ``done`` of a stage of at most ``total`` steps (None: not known in advance);
+        ``detail``: the step's figures; ``eta_s``: seconds left, ``eta_bound`` "~", "<=" or ">=";
+        ``line``: the plain line off a terminal (default: stage, step and detail)."""
+        s = self.stream
+        if not _is_terminal(s):
+            self(line if line is not None else f"{stage} {done}{f'/{total}' if total else ''}  {detail}")
+            return
+        parts = [f"[{self.job}] {stage}"]
+        if total:
+            filled = int(round(self.WIDTH * min(done / total, 1.0)))
+            parts.append(f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}")
+        else:
+            parts.append(f"{done}")
+        parts.append(detail)
+        if eta_s is not None and np.isfinite(eta_s):
+            parts.append(f"ETA {eta_bound}{_duration(eta_s)}")
+        s.write("\r\033[K" + "  ".join(parts))
+        s.flush()
+        self._open = True
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(float(seconds), 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def progress(job: str) -> Progress:
+    """A :class:`Progress` for ``job``: call it to print one ``[job] text`` line to stderr."""
+    return Progress(job)
 
 
 def grid_dict(grid: MapGrid) -> dict:

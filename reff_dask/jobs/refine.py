@@ -29,11 +29,41 @@ from .view import enclosing_level, write_view
 _say = progress("refine")
 
 
-def _progress(row: dict) -> None:
-    _say(f"iteration {row['iteration']:3d}  CCC {row['ccc']:.4f}  moved {row['shift_rms_A']:.2f} A rms  "
-         f"(GMM {row['gmm_seconds']:.1f} s, MD {row['md_seconds']:.1f} s)")
-    for note in row.get("recoveries", []):
-        _say(f"  MD recovered: {note}")
+class _StageProgress:
+    """Per-step progress of the refine job's stages with an ETA from the mean step time so far.
+
+    B stage and final stage: at most a known number of steps (ETA an upper bound). MD stage: it
+    stops ``patience`` iterations after the last CCC gain of ``min_improvement``, so what is left
+    is at least those iterations (ETA a lower bound)."""
+
+    def __init__(self, settings: RefineSettings, b_steps: int):
+        self.s, self.b_steps = settings, b_steps
+        self.best_ccc, self.best_it, self.md_seconds = -np.inf, 0, []
+
+    def bstage(self, r: dict) -> None:
+        left = (self.b_steps - r["iteration"]) * r["seconds"]
+        _say.bar("B stage", r["iteration"], self.b_steps, f"CCC {r['ccc']:.4f}", left, "<=",
+                 line=f"B stage iteration {r['iteration']:3d}  CCC {r['ccc']:.4f}")
+
+    def md(self, row: dict) -> None:
+        it, s = row["iteration"], self.s
+        if row["ccc"] > self.best_ccc + s.min_improvement:
+            self.best_ccc, self.best_it = row["ccc"], it
+        self.md_seconds.append(row["gmm_seconds"] + row["md_seconds"])
+        left = max(min(self.best_it + s.patience, s.max_iterations) - it, 0) * float(np.mean(self.md_seconds))
+        _say.bar("MD stage, EM iteration", it, None,
+                 f"CCC {row['ccc']:.4f} (best {self.best_ccc:.4f} at {self.best_it})  moved {row['shift_rms_A']:.2f} A rms",
+                 left, ">=",
+                 line=f"iteration {it:3d}  CCC {row['ccc']:.4f}  moved {row['shift_rms_A']:.2f} A rms  "
+                      f"(GMM {row['gmm_seconds']:.1f} s, MD {row['md_seconds']:.1f} s)")
+        for note in row.get("recoveries", []):
+            _say(f"  MD recovered: {note}")
+
+    def final(self, r: dict) -> None:
+        left = (self.s.final_rounds - r["round"]) * r["seconds"]
+        _say.bar("final stage, round", r["round"], self.s.final_rounds, f"moved {r['shift_rms_A']:.3f} A rms",
+                 left, "<=", line=f"final round {r['round']:2d}: moved {r['shift_rms_A']:.3f} A rms "
+                                  f"({r['seconds']:.1f} s)")
 
 
 def _say_geometry(before, after) -> None:
@@ -108,13 +138,14 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     run_meta = {"map": str(Path(map_path).resolve()), "model": str(Path(model_path).resolve()),
                 "forcefield": forcefield, "implicit": str(implicit)}
     b_hist: list[dict] = []
+    stages = _StageProgress(settings, bfactor_settings.residue_iterations + bfactor_settings.iterations)
     t0 = time.perf_counter()
     if resume:
         state = GMMState(np.zeros(len(atoms)), 1.0, 1.0)  # replaced by the checkpoint's
         _say(f"resuming from {out / checkpoint.NAME}")
     else:
         b = refine_bfactors(m, atoms.xyz, atoms.weight, bfactor_settings, residue=atoms.residue,
-                            progress=lambda r: _say(f"B stage iteration {r['iteration']:3d}  CCC {r['ccc']:.4f}"))
+                            progress=stages.bstage)
         state, b_hist = b.state, b.history
         inside = np.all((atoms.xyz >= m.grid.origin) & (atoms.xyz <= m.grid.upper), axis=1)
         cap = b_cap_warning(state.sigma, bfactor_settings.sigma_max, inside)
@@ -122,7 +153,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
             _say(f"warning: {cap}")
     t_bstage = time.perf_counter() - t0
     result = refine_positions(m, atoms.xyz, atoms.weight, state, prepared, settings, outdir=out,
-                              run_meta=run_meta, resume=resume, progress=_progress)
+                              run_meta=run_meta, resume=resume, progress=stages.md)
     t0 = time.perf_counter()
     final_rounds: list[dict] = []
     what = (f"the whole model ({prepared.n_particles} particles)" if len(groups) == 1 else
@@ -130,8 +161,7 @@ def run(map_path: str, model_path: str, resolution: float, outdir: str, settings
     _say(f"final stage: rounds of targets + minimisation of {what}, "
          f"until a round moves less than {settings.final_shift_A:g} A rms (at most {settings.final_rounds})")
     xyz_min = minimise(m, result, atoms.weight, prepared, settings, rounds=final_rounds,
-                       progress=lambda r: _say(f"final round {r['round']:2d}: moved {r['shift_rms_A']:.3f} A rms "
-                                               f"({r['seconds']:.1f} s)"))
+                       progress=stages.final)
     ccc_min, _ = model_ccc(m, xyz_min, atoms.weight, uniform_sigma(resolution))
     t_min = time.perf_counter() - t0
     final_xyz, final_label, ccc_final = xyz_min, "best MD, minimised", ccc_min
