@@ -189,8 +189,11 @@ class ChainRunner:
         """Forget this runner's cached simulations, in this process or on every worker."""
         if self.client is None:
             clear_cache(self.run_id)
-        else:
+            return
+        try:
             self.client.run(clear_cache, self.run_id)
+        except (OSError, TimeoutError):  # a worker leaving meanwhile takes its cache with it
+            pass
 
     def run(self, particles: np.ndarray, targets: np.ndarray, widths: np.ndarray, iteration: int,
             preset: str | None = None, chains: list | None = None) -> np.ndarray:
