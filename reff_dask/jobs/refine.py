@@ -30,7 +30,7 @@ _say = progress("refine")
 
 
 class _StageProgress:
-    """Per-step progress of the refine job's stages with an ETA from the mean step time so far.
+    """Per-step progress of the refine job's stages with an ETA from the step times so far.
 
     B stage and final stage: at most a known number of steps (ETA an upper bound). MD stage: it
     stops ``patience`` iterations after the last CCC gain of ``min_improvement``, so what is left
