@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import checkpoint
-from .cluster import current_client
+from .cluster import current_client, scatter_to_each
 from .errors import NumericalError
 from .gmm.fit import GMMState, default_sigma_min, em_iteration, model_ccc
 from .gmm.mstep import uniform_sigma
@@ -146,9 +146,14 @@ class ChainRunner:
         self._place(self._workers)
 
     def _share_prepared(self) -> list[str]:
-        """Scatter the prepared model to every worker; returns the workers' addresses."""
-        self._prepared = self.client.scatter(self.prepared, broadcast=True, hash=False)
-        return sorted(self.client.scheduler_info()["workers"])
+        """A copy of the prepared model on every worker (:func:`.cluster.scatter_to_each`);
+        returns the workers' addresses."""
+        self._prepared = scatter_to_each(self.client, self.prepared)
+        return sorted(self._prepared)
+
+    def _prepared_for(self, group) -> object:
+        """The future of the prepared model on the group's home worker (any where it has none)."""
+        return self._prepared.get(self._home.get(group), next(iter(self._prepared.values())))
 
     def _place(self, workers: list[str]) -> None:
         """A home worker per group (round-robin), where its OpenMM system is kept between iterations."""
@@ -160,7 +165,7 @@ class ChainRunner:
         from distributed.client import FutureCancelledError
 
         for attempt in range(MD_RETRIES + 1):
-            futs = [self.client.submit(run_chain_segment, self._prepared, c, particles, targets, widths,
+            futs = [self.client.submit(run_chain_segment, self._prepared_for(c), c, particles, targets, widths,
                                        workers=[self._home[c]] if c in self._home else None,
                                        allow_other_workers=c in self._home, pure=False, **kw)
                     for c in chains]
@@ -322,6 +327,7 @@ def refine_positions(m: Map, xyz0: np.ndarray, weight: np.ndarray, state: GMMSta
         row = {"iteration": it, "ccc": ccc, "ccc_mask": ccc_mask, "ccc_model_widths": es.ccc,
                "noise": state.noise, "shift_rms_A": float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, 1)))),
                "gmm_seconds": (t1 - t0) + (t3 - t2), "md_seconds": t2 - t1,
+               "best_ccc": best["ccc"], "best_iteration": best["iteration"],  # a resumed run's too
                "recoveries": runner.recoveries[n_recovered:]}
         n_recovered = len(runner.recoveries)
         history.append(row)

@@ -141,6 +141,9 @@ def test_cluster_and_resume_give_the_same_model(real_map, two_chains, tmp_path, 
                                resume=True)
     assert len(resumed.history) == 5
     np.testing.assert_allclose(resumed.xyz, plain.xyz, atol=1e-4)
+    # the best so far, as progress reports it, counts the iterations before the resume too
+    assert [h["best_iteration"] for h in resumed.history] == [h["best_iteration"] for h in plain.history]
+    assert [h["best_ccc"] for h in resumed.history] == pytest.approx([h["best_ccc"] for h in plain.history], abs=1e-6)
 
 
 def test_refine_command_keeps_every_atom_and_reports(tmp_path, real_structure, map_path):
@@ -339,3 +342,20 @@ def test_final_stage_on_groups_of_chains_ends_where_the_whole_model_does(real_ma
     assert geo[2]["clashes"] <= geo[1]["clashes"]
     assert geo[2]["bond_rmsd_A"] < 1.1 * geo[1]["bond_rmsd_A"] + 1e-3
     assert geo[2]["twisted_peptides"] == geo[1]["twisted_peptides"] == 0
+
+
+def test_every_worker_keeps_its_copy_of_the_prepared_model(two_chains, process_cluster):
+    """The MD tasks' prepared model stays on every worker between EM iterations: Dask's active
+    memory manager trims a broadcast key to one replica (then each iteration fetches the model
+    again: ~1 GB for GroEL), but leaves the one copy per worker that the runner scatters."""
+    from reff_dask.cluster import dask_client
+    from reff_dask.refine import ChainRunner
+
+    _atoms, _state, prepared, settings, _plain = two_chains
+    with dask_client(scheduler=process_cluster) as client:
+        runner = ChainRunner(prepared, settings, run_id="amm")
+        broadcast = client.scatter(prepared, broadcast=True, hash=False)
+        client.amm.run_once()  # what the scheduler does every 2 s
+        holders = client.who_has(list(runner._prepared.values()))
+        assert sorted(w for ws in holders.values() for w in ws) == sorted(runner._workers)
+        assert len(client.who_has(broadcast)[broadcast.key]) == 1  # the trimming this avoids

@@ -38,7 +38,7 @@ class _StageProgress:
 
     def __init__(self, settings: RefineSettings, b_steps: int):
         self.s, self.b_steps = settings, b_steps
-        self.best_ccc, self.best_it, self.md_seconds = -np.inf, 0, []
+        self.md_seconds: list[float] = []
 
     def bstage(self, r: dict) -> None:
         left = (self.b_steps - r["iteration"]) * r["seconds"]
@@ -46,13 +46,11 @@ class _StageProgress:
                  line=f"B stage iteration {r['iteration']:3d}  CCC {r['ccc']:.4f}")
 
     def md(self, row: dict) -> None:
-        it, s = row["iteration"], self.s
-        if row["ccc"] > self.best_ccc + s.min_improvement:
-            self.best_ccc, self.best_it = row["ccc"], it
+        it, s, best_it = row["iteration"], self.s, row["best_iteration"]
         self.md_seconds.append(row["gmm_seconds"] + row["md_seconds"])
-        left = max(min(self.best_it + s.patience, s.max_iterations) - it, 0) * float(np.mean(self.md_seconds))
+        left = max(min(best_it + s.patience, s.max_iterations) - it, 0) * float(np.mean(self.md_seconds))
         _say.bar("MD stage, EM iteration", it, None,
-                 f"CCC {row['ccc']:.4f} (best {self.best_ccc:.4f} at {self.best_it})  moved {row['shift_rms_A']:.2f} A rms",
+                 f"CCC {row['ccc']:.4f} (best {row['best_ccc']:.4f} at {best_it})  moved {row['shift_rms_A']:.2f} A rms",
                  left, ">=",
                  line=f"iteration {it:3d}  CCC {row['ccc']:.4f}  moved {row['shift_rms_A']:.2f} A rms  "
                       f"(GMM {row['gmm_seconds']:.1f} s, MD {row['md_seconds']:.1f} s)")
