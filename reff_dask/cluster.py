@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,9 +197,21 @@ def scatter_to_each(client: Client, obj: object) -> dict[str, object]:
 
     Not one broadcast future: Dask's active memory manager trims the replicas of a key to one
     within seconds, and every task elsewhere then fetches the object again (a 14-chain GroEL
-    model, ~1 GB, 7-18 s per EM iteration). A key held by one worker only is left alone."""
+    model, ~1 GB, 7-18 s per EM iteration). A key held by one worker only is left alone.
+    ``obj`` is pickled once here, not once per worker (GroEL: 6.4 s, 178 MB)."""
     workers = sorted(client.scheduler_info()["workers"])
-    return {w: client.scatter(obj, workers=[w], hash=False) for w in workers}
+    blob = _Pickled(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    return {w: client.scatter(blob, workers=[w], hash=False) for w in workers}
+
+
+class _Pickled:
+    """Bytes of a pickled object that unpickle to the object itself (on the worker that gets them)."""
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+    def __reduce__(self):
+        return pickle.loads, (self.blob,)
 
 
 def choose_workers(workers: int | None, scheduler: str | None, cluster: str, voxels: int, atoms: int,
