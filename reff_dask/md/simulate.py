@@ -252,7 +252,8 @@ class ChainSimulation:
         self._context.setPositions(self._pos_nm)
         if self.system.getNumConstraints():
             self._context.applyConstraints(1e-6)
-        self._context.setVelocitiesToTemperature(p.temperature_K * unit.kelvin, int(seed))
+        if not p.minimise_only:  # a minimisation has no use for them
+            self._context.setVelocitiesToTemperature(p.temperature_K * unit.kelvin, int(seed))
 
     @property
     def context(self) -> openmm.Context:
